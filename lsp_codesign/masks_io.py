@@ -1,0 +1,106 @@
+"""The block-mask file written by the allocator and read by report, verify and finetune.
+
+``masks.safetensors`` holds one ``uint8`` tensor per pruned linear layer, named after the
+module (``blocks.0.attn.qkv``), of shape ``(KB, NB)`` with 1 = kept block. Its metadata:
+
+``format``  ``lsp-codesign-masks/1``
+``block``   ``BKxBN``
+``model``   model name
+``gemms``   JSON ``{layer: [M, N, K]}``: tokens per image the layer sees (1 for the classifier
+            head), input features, output features (the weight is ``(K, N)``)
+``order``   JSON list of layer names in model order
+
+It is read with ``safetensors.numpy`` (no torch needed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import parse_block
+from .errors import LspError
+from .packing import BlockGrid, PackingError
+
+__all__ = ["MaskSet", "save_masks", "load_masks", "FORMAT"]
+
+FORMAT = "lsp-codesign-masks/1"
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """Block masks of a model: ``masks[name]`` is ``(KB, NB)`` bool; ``gemms[name]`` is (M, N, K)."""
+
+    model: str
+    block_k: int
+    block_n: int
+    order: tuple[str, ...]
+    gemms: dict[str, tuple[int, int, int]]
+    masks: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        if set(self.order) != set(self.masks) or set(self.masks) != set(self.gemms):
+            raise LspError("mask set: layer names of order, gemms and masks differ")
+        for name in self.order:
+            m_, n, k = self.gemms[name]
+            try:
+                m = BlockGrid(k, n, self.block_k, self.block_n).check_mask(
+                    self.masks[name], what=f"mask of {name}")
+            except PackingError as exc:
+                raise LspError(str(exc)) from None
+            self.masks[name] = m
+
+    @property
+    def block(self) -> str:
+        return f"{self.block_k}x{self.block_n}"
+
+
+def save_masks(path: str | Path, ms: MaskSet) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = {name: np.ascontiguousarray(ms.masks[name].astype(np.uint8)) for name in ms.order}
+    meta = {
+        "format": FORMAT,
+        "block": ms.block,
+        "model": ms.model,
+        "gemms": json.dumps({n: list(ms.gemms[n]) for n in ms.order}),
+        "order": json.dumps(list(ms.order)),
+    }
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_masks(path: str | Path) -> MaskSet:
+    """Load and validate a mask file; every problem is one :class:`LspError` naming the file."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise LspError(f"{p}: mask file not found")
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise LspError(f"{p}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise LspError(f"{p}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        bk, bn = parse_block(meta.get("block", ""), key="block", where=str(p))
+        gemms = {k: (int(v[0]), int(v[1]), int(v[2]))
+                 for k, v in json.loads(meta["gemms"]).items()}
+        order = tuple(json.loads(meta["order"]))
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise LspError(f"{p}: malformed metadata ({exc})") from None
+    if set(tensors) != set(order):
+        missing = sorted(set(order) - set(tensors))
+        extra = sorted(set(tensors) - set(order))
+        raise LspError(f"{p}: tensors do not match the layer list (missing {missing}, "
+                       f"extra {extra})")
+    try:
+        return MaskSet(model=meta.get("model", ""), block_k=bk, block_n=bn, order=order,
+                       gemms=gemms, masks=dict(tensors))
+    except LspError as exc:
+        raise LspError(f"{p}: {exc}") from None
