@@ -237,7 +237,7 @@ class HwConfig:
     dram_pj_per_64b: float
     static_mw: float
     description: str = ""
-    source: str = ""
+    source: str = field(default="", compare=False)
     # derived
     memories: dict = field(init=False, compare=False, repr=False)
 

@@ -1,0 +1,109 @@
+"""``lsp-codesign estimate``: the model's counters, cycles and energy for one GEMM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..cycle_model import estimate_layer, p_m_pj
+from ..errors import LspError
+from ._common import add_hw_args, hw_from_args
+
+ORDER = 10
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "estimate", help="cycles, counters and energy of one GEMM (dense or masked)",
+        description="Predict every counter, the cycles and the energy of Y[MxK] = X[MxN].W^T "
+                    "(M tokens, N input features, K output features) on a hardware config.")
+    add_hw_args(p, array=True)
+    p.add_argument("--gemm", required=True, metavar="M=..,N=..,K=..",
+                   help="GEMM shape, e.g. M=197,N=192,K=576")
+    p.add_argument("--mask", metavar="FILE",
+                   help="block mask: a .npy (KB, NB) array of 0/1, or a masks.safetensors "
+                        "with --layer")
+    p.add_argument("--layer", help="layer name inside a masks.safetensors file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def parse_gemm(text: str) -> tuple[int, int, int]:
+    """``M=197,N=192,K=576`` -> (197, 192, 576)."""
+    vals: dict[str, int] = {}
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([MNKmnk])\s*=\s*(\d+)\s*", part)
+        if not m:
+            raise LspError(f"--gemm: expected M=..,N=..,K=.. with positive integers, got {text!r}")
+        key = m.group(1).upper()
+        if key in vals:
+            raise LspError(f"--gemm: {key} given twice in {text!r}")
+        vals[key] = int(m.group(2))
+    missing = [k for k in "MNK" if k not in vals]
+    if missing:
+        raise LspError(f"--gemm: missing {', '.join(missing)} in {text!r}")
+    for k, v in vals.items():
+        if v <= 0:
+            raise LspError(f"--gemm: {k} must be positive, got {v}")
+    return vals["M"], vals["N"], vals["K"]
+
+
+def load_mask_arg(path: str, layer: str | None) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise LspError(f"--mask: {p}: file not found")
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise LspError(f"--mask: {p}: not a readable .npy array ({exc})") from None
+    if p.suffix == ".safetensors":
+        from ..masks_io import load_masks
+
+        ms = load_masks(p)
+        if layer is None:
+            raise LspError(f"--mask: {p} holds {len(ms.order)} layers; choose one with --layer "
+                           f"(e.g. {ms.order[0]})")
+        if layer not in ms.masks:
+            raise LspError(f"--layer: {layer!r} is not in {p}")
+        return ms.masks[layer]
+    raise LspError(f"--mask: {p}: expected a .npy or .safetensors file")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = hw_from_args(args)
+    m, n, k = parse_gemm(args.gemm)
+    mask = load_mask_arg(args.mask, args.layer) if args.mask else None
+    est = estimate_layer(cfg, m, n, k, mask, name="gemm")
+    dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
+    if args.json:
+        out = {"config": cfg.to_dict(), "p_m_pj": p_m_pj(cfg), "estimate": est.to_dict()}
+        if mask is not None:
+            out["dense"] = dense.to_dict()
+            out["speedup"] = dense.cycles / est.cycles if est.cycles else None
+        print(json.dumps(out, indent=2))
+        return 0
+    c = cfg
+    print(f"{c.name}: {c.engine}, block {c.block_str}, BM={c.tile_m}, "
+          f"array {c.array_rows}x{c.array_cols}"
+          + (f", dataflow {c.dataflow}" if c.engine == "systolic" else "")
+          + f", {c.clock_mhz:g} MHz")
+    print(f"GEMM M={m} N={n} K={k}: kept blocks {est.kept_blocks}/{est.total_blocks}")
+    print(f"  cycles        {est.cycles:,}   ({est.time_us:.2f} us)")
+    if mask is not None:
+        print(f"  dense cycles  {dense.cycles:,}   speedup {dense.cycles / max(est.cycles, 1):.2f}x")
+    print(f"  energy        {est.energy_total_pj / 1e6:.4f} uJ   power {est.power_mw:.1f} mW   "
+          f"utilisation {100 * est.utilization:.1f}%")
+    print(f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)")
+    print("  counters:")
+    for key, v in est.counters.items():
+        print(f"    {key:<12} {v:,}")
+    print("  energy by component (pJ):")
+    for key, v in est.energy_pj.items():
+        if v:
+            print(f"    {key:<12} {v:,.1f}")
+    return 0

@@ -1,0 +1,92 @@
+"""``lsp-codesign report``: the hardware cycle/energy report of a model, dense and pruned."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import LspError
+from ..masks_io import load_masks
+from ..report import build_report
+from ..rundir import write_json
+from ._common import add_hw_args, hw_from_args
+
+ORDER = 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="per-layer hardware cycle/energy report, dense vs pruned",
+        description="Hardware report of a model: per layer and in total, cycles, time, energy, "
+                    "power and utilisation, dense and (with masks) pruned. Give a run directory "
+                    "(from `allocate`), or --hw with --model (dense layer shapes from timm) "
+                    "or --masks.")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                   help="run directory with hw.yaml and masks.safetensors")
+    add_hw_args(p, required=False, array=True)
+    p.add_argument("--model", help="model name for dense layer shapes (e.g. deit_small_patch16_224)")
+    p.add_argument("--masks", metavar="FILE", help="masks.safetensors to report pruned figures for")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument("--out", metavar="DIR", help="also write report.md and report.json here")
+    p.set_defaults(func=run)
+
+
+def _model_gemms(name: str) -> list[tuple[str, int, int, int]]:
+    """Layer shapes by model name: through the models registry when present, else timm."""
+    try:
+        from models import registry  # the project's registry (embedded default, DeiT)
+    except ImportError:
+        registry = None
+    from ..vit_shapes import module_vit_shapes, timm_vit_shapes
+
+    if registry is not None and name in registry.list_models():
+        import torch
+
+        with torch.device("meta"):
+            model = registry.create_model(name, pretrained_default=False)
+        shapes = module_vit_shapes(model, name)
+    else:
+        shapes = timm_vit_shapes(name)
+    return [(s.name, s.m, s.n, s.k) for s in shapes]
+
+
+def run(args: argparse.Namespace) -> int:
+    masks = None
+    if args.run_dir:
+        rd = Path(args.run_dir)
+        if not rd.is_dir():
+            raise LspError(f"{rd}: run directory not found")
+        hw_path = str(rd / "hw.yaml") if args.hw is None else args.hw
+        cfg = hw_from_args(args, hw_path)
+        ms = load_masks(args.masks or rd / "masks.safetensors")
+    else:
+        if args.hw is None:
+            raise LspError("--hw is required without a run directory")
+        cfg = hw_from_args(args)
+        ms = load_masks(args.masks) if args.masks else None
+    if ms is not None:
+        if (ms.block_k, ms.block_n) != cfg.block:
+            raise LspError(f"masks were made for block {ms.block} but config {cfg.name} has block "
+                           f"{cfg.block_str}; pass --block {ms.block}")
+        gemms = [(name, *ms.gemms[name]) for name in ms.order]
+        masks = ms.masks
+        model = ms.model
+    elif args.model:
+        gemms = _model_gemms(args.model)
+        model = args.model
+    else:
+        raise LspError("nothing to report: give RUN_DIR, --masks or --model")
+    rep = build_report(cfg, model, gemms, masks)
+    text = {"text": rep.to_text, "markdown": rep.to_markdown}.get(args.format)
+    if text is not None:
+        print(text(), end="")
+    else:
+        import json
+
+        print(json.dumps(rep.to_dict(), indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(rep.to_markdown())
+        write_json(out / "report.json", rep.to_dict())
+    return 0

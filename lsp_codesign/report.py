@@ -1,0 +1,186 @@
+"""Hardware cycle/energy reports of a model: per layer and in total, dense against pruned.
+
+A report is built from a list of GEMM shapes (:mod:`lsp_codesign.vit_shapes`), optional block
+masks (:mod:`lsp_codesign.masks_io`) and a config, with the cycle/energy model. It renders as
+plain text, markdown or JSON. Figures come from the model; a later stage may mark layers whose
+figures were measured in RTL (``measured`` column).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import HwConfig
+from .cycle_model import ENERGY_COMPONENTS, LayerEstimate, estimate_layer, p_m_pj
+
+__all__ = ["LayerReport", "ModelReport", "build_report"]
+
+
+@dataclass
+class LayerReport:
+    name: str
+    dense: LayerEstimate
+    pruned: LayerEstimate
+    measured: bool = False
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.cycles / self.pruned.cycles if self.pruned.cycles else float("inf")
+
+    @property
+    def energy_saving(self) -> float:
+        d = self.dense.energy_total_pj
+        return 1.0 - self.pruned.energy_total_pj / d if d else 0.0
+
+
+@dataclass
+class ModelReport:
+    model: str
+    cfg: HwConfig
+    layers: list[LayerReport]
+    pruned_given: bool
+    extra: dict = field(default_factory=dict)
+
+    # ---- totals -----------------------------------------------------------------------------
+
+    def total(self, which: str, attr: str) -> float:
+        return float(sum(getattr(getattr(lr, which), attr) for lr in self.layers))
+
+    def energy_by_component(self, which: str) -> dict[str, float]:
+        return {c: float(sum(getattr(lr, which).energy_pj[c] for lr in self.layers))
+                for c in ENERGY_COMPONENTS}
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        cyc_d, cyc_p = self.total("dense", "cycles"), self.total("pruned", "cycles")
+        e_d = self.total("dense", "energy_total_pj")
+        e_p = self.total("pruned", "energy_total_pj")
+        t_d, t_p = cyc_d / self.cfg.clock_mhz, cyc_p / self.cfg.clock_mhz
+        macs_d = self.total("dense", "effective_macs")
+        macs_p = self.total("pruned", "effective_macs")
+        cap = self.layers[0].dense.array_size if self.layers else 1
+        return {
+            "cycles_dense": int(cyc_d), "cycles_pruned": int(cyc_p),
+            "time_us_dense": t_d, "time_us_pruned": t_p,
+            "speedup": cyc_d / cyc_p if cyc_p else float("inf"),
+            "energy_uj_dense": e_d / 1e6, "energy_uj_pruned": e_p / 1e6,
+            "energy_saving": 1 - e_p / e_d if e_d else 0.0,
+            "power_mw_dense": e_d / (t_d * 1000) if t_d else 0.0,
+            "power_mw_pruned": e_p / (t_p * 1000) if t_p else 0.0,
+            "utilization_dense": macs_d / (cyc_d * cap) if cyc_d else 0.0,
+            "utilization_pruned": macs_p / (cyc_p * cap) if cyc_p else 0.0,
+            "linear_macs_dense": int(macs_d), "linear_macs_pruned": int(macs_p),
+            "kept_blocks": int(sum(lr.pruned.kept_blocks for lr in self.layers)),
+            "total_blocks": int(sum(lr.pruned.total_blocks for lr in self.layers)),
+            "energy_pj_by_component_dense": self.energy_by_component("dense"),
+            "energy_pj_by_component_pruned": self.energy_by_component("pruned"),
+        }
+
+    # ---- rendering ----------------------------------------------------------------------------
+
+    def _rows(self) -> list[list[str]]:
+        rows = []
+        for lr in self.layers:
+            d, p = lr.dense, lr.pruned
+            row = [lr.name, f"{d.m}x{d.n}->{d.k}"]
+            if self.pruned_given:
+                row += [f"{p.kept_blocks}/{p.total_blocks}", f"{d.cycles:,}", f"{p.cycles:,}",
+                        f"{lr.speedup:.2f}x", f"{p.time_us:.2f}", f"{d.energy_total_pj / 1e6:.3f}",
+                        f"{p.energy_total_pj / 1e6:.3f}", f"{100 * lr.energy_saving:.1f}%",
+                        f"{100 * p.utilization:.1f}%"]
+                if any(x.measured for x in self.layers):
+                    row.append("RTL" if lr.measured else "model")
+            else:
+                row += [f"{d.cycles:,}", f"{d.time_us:.2f}", f"{d.energy_total_pj / 1e6:.3f}",
+                        f"{d.power_mw:.1f}", f"{100 * d.utilization:.1f}%"]
+            rows.append(row)
+        return rows
+
+    def _header(self) -> list[str]:
+        if self.pruned_given:
+            h = ["layer", "MxN->K", "kept blocks", "cycles dense", "cycles pruned", "speedup",
+                 "time us", "energy uJ dense", "energy uJ pruned", "saving", "util"]
+            if any(x.measured for x in self.layers):
+                h.append("source")
+            return h
+        return ["layer", "MxN->K", "cycles", "time us", "energy uJ", "power mW", "util"]
+
+    def _total_row(self) -> list[str]:
+        t = self.totals
+        if self.pruned_given:
+            row = ["TOTAL", "", f"{t['kept_blocks']}/{t['total_blocks']}",
+                   f"{t['cycles_dense']:,}", f"{t['cycles_pruned']:,}", f"{t['speedup']:.2f}x",
+                   f"{t['time_us_pruned']:.2f}", f"{t['energy_uj_dense']:.3f}",
+                   f"{t['energy_uj_pruned']:.3f}", f"{100 * t['energy_saving']:.1f}%",
+                   f"{100 * t['utilization_pruned']:.1f}%"]
+            if any(x.measured for x in self.layers):
+                row.append("")
+            return row
+        return ["TOTAL", "", f"{t['cycles_dense']:,}", f"{t['time_us_dense']:.2f}",
+                f"{t['energy_uj_dense']:.3f}", f"{t['power_mw_dense']:.1f}",
+                f"{100 * t['utilization_dense']:.1f}%"]
+
+    def _title(self) -> str:
+        c = self.cfg
+        arr = f"{c.array_rows}x{c.array_cols} array" + (
+            f", {c.dataflow}" if c.engine == "systolic" else "")
+        return (f"{self.model} on {c.name} ({c.engine}, block {c.block_str}, BM={c.tile_m}, "
+                f"{arr}, {c.clock_mhz:g} MHz); p_m = {p_m_pj(c):.1f} pJ")
+
+    def to_text(self) -> str:
+        header, rows = self._header(), self._rows() + [self._total_row()]
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        fmt = lambda r: "  ".join(  # noqa: E731
+            (c.ljust(w) if i < 2 else c.rjust(w)) for i, (c, w) in enumerate(zip(r, widths)))
+        sep = "  ".join("-" * w for w in widths)
+        lines = [self._title(), "", fmt(header), sep] + [fmt(r) for r in rows[:-1]] + [sep,
+                                                                                        fmt(rows[-1])]
+        lines += ["", self._energy_line()]
+        return "\n".join(lines) + "\n"
+
+    def _energy_line(self) -> str:
+        which = "pruned" if self.pruned_given else "dense"
+        e = self.energy_by_component(which)
+        tot = sum(e.values()) or 1.0
+        parts = ", ".join(f"{k} {100 * v / tot:.1f}%" for k, v in e.items() if v)
+        return f"energy by component ({which}): {parts}"
+
+    def to_markdown(self) -> str:
+        header, rows = self._header(), self._rows() + [self._total_row()]
+        rows[-1] = [f"**{c}**" if c else c for c in rows[-1]]
+        out = [f"**{self._title()}**", "", "| " + " | ".join(header) + " |",
+               "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out += ["", self._energy_line()]
+        return "\n".join(out) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "config": self.cfg.to_dict(),
+            "p_m_pj": p_m_pj(self.cfg),
+            "pruned_given": self.pruned_given,
+            "layers": [{"name": lr.name, "measured": lr.measured, "speedup": lr.speedup,
+                        "energy_saving": lr.energy_saving, "dense": lr.dense.to_dict(),
+                        "pruned": lr.pruned.to_dict()} for lr in self.layers],
+            "totals": self.totals,
+            **self.extra,
+        }
+
+
+def build_report(cfg: HwConfig, model: str, gemms: Sequence[tuple[str, int, int, int]],
+                 masks: dict[str, np.ndarray] | None = None) -> ModelReport:
+    """Report for layers ``(name, M, N, K)``; ``masks[name]`` (KB, NB) gives the pruned model.
+
+    Without masks the pruned figures equal the dense ones and only dense columns are shown.
+    """
+    layers = []
+    for name, m, n, k in gemms:
+        dense = estimate_layer(cfg, m, n, k, None, name=name)
+        mask = None if masks is None else masks.get(name)
+        pruned = dense if mask is None else estimate_layer(cfg, m, n, k, mask, name=name)
+        layers.append(LayerReport(name=name, dense=dense, pruned=pruned))
+    return ModelReport(model=model, cfg=cfg, layers=layers, pruned_given=masks is not None)

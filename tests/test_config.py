@@ -1,0 +1,133 @@
+"""HwConfig: presets, derived values, overrides, and one exact error per kind of bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from lsp_codesign.config import ConfigError, HwConfig, load_config, parse_block, sram_pj_per_64b
+from tests.conftest import CONFIGS
+
+
+def raw(name: str = "vita.yaml") -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def test_vita_preset_derived_values(vita):
+    assert (vita.block_k, vita.block_n, vita.tile_m) == (16, 16, 16)
+    assert (vita.array_rows, vita.array_cols) == (16, 16)  # the array follows the block
+    x = vita.memories["xmem"]
+    assert x.word_bits == 16 * 8 and x.depth == 256 * 1024 // 16
+    assert vita.memories["ymem"].word_bits == 16 * 32
+    assert vita.memories["idx"].depth == 16 * 1024 * 8 // 16
+    assert vita.memories["imem"].depth == 256 and vita.memories["imem"].addr_bits == 8
+    # 256 KiB sits 3/5 of the way (in log2) from 32 KiB (20 pJ) to 1 MiB (100 pJ)
+    assert x.access_pj == pytest.approx((20 + 0.6 * 80) * 2)
+    assert vita.memories["ymem"].access_pj == pytest.approx(100 * 512 / 64)
+    assert vita.block_step_cycles == 16 and vita.drain_cycles == 17 and vita.fill_cycles == 16
+    assert vita.period_ns == 2.0 and vita.static_pj_per_cycle == pytest.approx(40.0)
+
+
+def test_tpu_preset(tpu):
+    assert tpu.engine == "systolic" and (tpu.array_rows, tpu.array_cols) == (128, 128)
+    assert tpu.dataflow == "ws" and tpu.block == (32, 32)
+
+
+def test_block_override_reshapes_array_and_memories(vita):
+    c = vita.with_overrides(block="32x64")
+    assert (c.array_rows, c.array_cols) == (32, 64)
+    assert c.memories["xmem"].word_bits == 64 * 8
+    assert c.memories["ymem"].word_bits == 32 * 32
+    assert c.config_hash() != vita.config_hash()
+    assert load_config(CONFIGS / "vita.yaml", block="32x64") == c
+
+
+def test_round_trip_and_frozen(vita):
+    again = HwConfig.from_dict(yaml.safe_load(vita.to_yaml()))
+    assert again == vita and again.config_hash() == vita.config_hash()
+    with pytest.raises(Exception):
+        vita.block_k = 8  # type: ignore[misc]
+
+
+def test_sram_interpolation_clamps_and_extends():
+    table = {8: 10, 32: 20, 1024: 100}
+    assert sram_pj_per_64b(table, 1) == 10
+    assert sram_pj_per_64b(table, 16) == pytest.approx(15)
+    assert sram_pj_per_64b(table, 2048) == pytest.approx(116)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(colour="red"), "colour: unknown key (known keys:"),
+    (lambda d: d["memories"].update(zmem_kib=4), "memories.zmem_kib: unknown key"),
+    (lambda d: d.pop("tile_m"), "tile_m: missing required key"),
+    (lambda d: d["energy"].pop("mac_pj"), "energy.mac_pj: missing required key"),
+    (lambda d: d.update(tile_m="16"), "tile_m: expected int, got str '16'"),
+    (lambda d: d.update(tile_m=True), "tile_m: expected int, got bool True"),
+    (lambda d: d["memories"].update(xmem_kib="big"), "memories.xmem_kib: expected int or float"),
+    (lambda d: d.update(tile_m=0), "tile_m: must be positive, got 0"),
+    (lambda d: d.update(clock_mhz=-5), "clock_mhz: must be positive, got -5"),
+    (lambda d: d["memories"].update(ymem_kib=0), "memories.ymem_kib: must be positive, got 0"),
+    (lambda d: d.update(block="16x0"), "block: sizes must be positive, got '16x0'"),
+    (lambda d: d.update(block="sixteen"), "block: expected the form AxB"),
+    (lambda d: d.update(block="12x16"), "block: the block_sparse engine needs powers of two"),
+    (lambda d: d.update(engine="gpu"), "engine: expected one of block_sparse, systolic, got 'gpu'"),
+    (lambda d: d.update(array="16x16"), "array: the block_sparse engine's array follows the block"),
+    (lambda d: d["energy"].update(mac_pj=-0.3), "energy.mac_pj: energy must not be negative"),
+    (lambda d: d["energy"].update(static_mw=-1), "energy.static_mw: energy must not be negative"),
+    (lambda d: d["energy"]["sram_pj_per_64b"].update({64: -3}),
+     "energy.sram_pj_per_64b.64: energy must not be negative, got -3"),
+    (lambda d: d["memories"].update(wmem_kib=0.1),
+     "memories.wmem_kib: 0.09375 KiB cannot hold one 16x16 block"),
+])
+def test_bad_vita_config_errors(mutate, message):
+    d = copy.deepcopy(raw())
+    mutate(d)
+    with pytest.raises(ConfigError) as exc:
+        HwConfig.from_dict(d, source="cfg.yaml")
+    assert str(exc.value).startswith("cfg.yaml: ")
+    assert message in str(exc.value)
+
+
+def test_block_must_tile_systolic_array():
+    d = raw("tpu_v3.yaml")
+    d["block"] = "256x32"
+    with pytest.raises(ConfigError, match=r"block: block 256x32 does not fit the 128x128 array"):
+        HwConfig.from_dict(d, source="t.yaml")
+    d = raw("tpu_v3.yaml")
+    d.pop("array")
+    with pytest.raises(ConfigError, match="array: missing required key for engine systolic"):
+        HwConfig.from_dict(d)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
+        load_config(lst)
+
+
+def test_override_errors(vita, tpu):
+    with pytest.raises(ConfigError, match="--array: engine block_sparse has no configurable"):
+        vita.with_overrides(array="8x8")
+    with pytest.raises(ConfigError, match="--dataflow: engine block_sparse has no dataflow"):
+        vita.with_overrides(dataflow="os")
+    with pytest.raises(ConfigError, match="--block: expected the form AxB"):
+        vita.with_overrides(block="16by16")
+    with pytest.raises(ConfigError, match="--dataflow: expected one of os, ws, is"):
+        tpu.with_overrides(dataflow="rs")
+    assert tpu.with_overrides(array="32x16", block="16x16").array_cols == 16
+
+
+def test_parse_block():
+    assert parse_block("32x64") == (32, 64)
+    assert parse_block([8, 16]) == (8, 16)
+    with pytest.raises(ConfigError):
+        parse_block("32x")
