@@ -232,7 +232,8 @@ def _effective_macs(grid: BlockGrid, mask: np.ndarray, m: int) -> int:
     return int(m * (grid.block_elements() * mask).sum())
 
 
-def systolic_folds(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) -> dict[str, Any]:
+def systolic_folds(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray | None,
+                   *, tile_ids: bool = False) -> dict[str, Any]:
     """Fold structure of a GEMM on the systolic array: which folds are kept, and their sizes.
 
     Our GEMM is ``Y[M x K] = X[M x N] . W^T``; in SCALE-Sim's terms (its M, N, K are our M, K,
@@ -252,6 +253,14 @@ def systolic_folds(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) -> d
     fr, fc = math.ceil(sr / r), math.ceil(sc / c)
     rows_used = np.minimum(r, sr - r * np.arange(fr))
     cols_used = np.minimum(c, sc - c * np.arange(fc))
+    per_fold = (t + r + c - 2) if df == "os" else (2 * r + c + t - 2)
+    out = {"sr": sr, "sc": sc, "t": t, "fr": fr, "fc": fc, "rows_used": rows_used,
+           "cols_used": cols_used, "per_fold": per_fold}
+    if mask is None and not tile_ids:
+        out["kept"] = np.ones((fr, fc), dtype=bool)
+        return out
+    if mask is None:
+        mask = np.ones(grid.shape, dtype=bool)
     # kept[fr, fc]: does the fold's weight operand hold any kept block?
     if df == "ws":
         # weight tile: inputs [i*R, (i+1)*R) x outputs [j*C, (j+1)*C); R % BN == C % BK == 0
@@ -274,10 +283,9 @@ def systolic_folds(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) -> d
         strips = g.reshape(grid.kb, fr, r // bn).any(axis=(0, 2))  # (fr,)
         kept = np.broadcast_to(strips[:, None], (fr, fc))
         tile_id = (np.arange(grid.nb) // (r // bn))[None, :].repeat(grid.kb, axis=0)
-    per_fold = (t + r + c - 2) if df == "os" else (2 * r + c + t - 2)
-    return {"sr": sr, "sc": sc, "t": t, "fr": fr, "fc": fc, "rows_used": rows_used,
-            "cols_used": cols_used, "kept": np.asarray(kept), "per_fold": per_fold,
-            "tile_id": tile_id}
+    out["kept"] = np.asarray(kept)
+    out["tile_id"] = tile_id
+    return out
 
 
 def _tile_ids(grid: BlockGrid, bpk: int, bpn: int, fr: int) -> np.ndarray:
@@ -290,7 +298,9 @@ def _tile_ids(grid: BlockGrid, bpk: int, bpn: int, fr: int) -> np.ndarray:
     return col_fold * fr + row_fold
 
 
-def _systolic_counters(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) -> dict[str, int]:
+def _systolic_counters(cfg: HwConfig, m: int, n: int, k: int,
+                       mask: np.ndarray | None) -> dict[str, int]:
+    """Systolic counters; ``mask`` None means dense."""
     f = systolic_folds(cfg, m, n, k, mask)
     kept = f["kept"]
     ru, cu, t = f["rows_used"][:, None], f["cols_used"][None, :], f["t"]
@@ -303,8 +313,8 @@ def _systolic_counters(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) 
         xb, wb, yb = (t * ru * kept).sum(), (t * cu * kept).sum(), area.sum() * 4
     else:
         xb, wb, yb = area.sum(), (t * ru * kept).sum(), (t * cu * kept).sum() * 4
-    grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
-    kept_bytes = int((grid.block_elements() * mask).sum())
+    kept_bytes = k * n if mask is None else int(
+        (BlockGrid(k, n, cfg.block_k, cfg.block_n).block_elements() * mask).sum())
     return {
         "cycles": int(cycles),
         "folds": int(kept.size),
@@ -329,6 +339,7 @@ def estimate_layer(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray | Non
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"{name or 'gemm'}: {nm} must be a positive integer, got {v!r}")
     grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
+    dense = mask is None
     mask = _check_mask(grid, mask)
     nnz = int(mask.sum())
     if cfg.engine == "block_sparse":
@@ -338,14 +349,15 @@ def estimate_layer(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray | Non
         counters["dram_bytes"] = int(_dram_bytes_bs(cfg, grid.kb, nnz, n_insns))
         array_size = cfg.block_k * cfg.block_n
     else:
-        counters = _systolic_counters(cfg, m, n, k, mask)
+        counters = _systolic_counters(cfg, m, n, k, None if dense else mask)
         array_size = cfg.array_rows * cfg.array_cols
     energy = energy_breakdown(cfg, counters)
     return LayerEstimate(
         name=name, engine=cfg.engine, m=m, n=n, k=k, block_k=cfg.block_k, block_n=cfg.block_n,
         kept_blocks=nnz, total_blocks=grid.n_blocks, counters=counters,
         energy_pj={k_: float(v) for k_, v in energy.items()}, clock_mhz=cfg.clock_mhz,
-        array_size=array_size, effective_macs=_effective_macs(grid, mask, m))
+        array_size=array_size,
+        effective_macs=m * n * k if dense else _effective_macs(grid, mask, m))
 
 
 def layer_curves(cfg: HwConfig, m: int, n: int, k: int,
@@ -400,8 +412,8 @@ def _systolic_curves(cfg: HwConfig, m: int, n: int, k: int, order: np.ndarray,
     rank = np.empty(nblk, dtype=np.int64)
     rank[order] = np.arange(nblk)
     rank = rank.reshape(grid.shape)
-    dense = _systolic_counters(cfg, m, n, k, np.ones(grid.shape, dtype=bool))
-    f = systolic_folds(cfg, m, n, k, np.ones(grid.shape, dtype=bool))
+    dense = _systolic_counters(cfg, m, n, k, None)
+    f = systolic_folds(cfg, m, n, k, None, tile_ids=True)
     tid = f["tile_id"]
     n_tiles = int(tid.max()) + 1
     # a tile (or strip) disappears once its last block is pruned: at pruned = max rank + 1
