@@ -1,0 +1,330 @@
+"""``lsp-codesign allocate``: per-layer block sparsity with the LSP method, as a run directory.
+
+The run directory (built under a temporary name and renamed into place only when complete)::
+
+    allocation.json     per layer and in total: shape, ratio, blocks, FLOPs, cycles, energy;
+                        beta, lambda; the resolved arguments (docs/allocator.md)
+    masks.safetensors   block masks (lsp_codesign.masks_io), read by report/verify/finetune
+    hw.yaml             the hardware config actually used (after --block)
+    curves.npz          per-layer distortion, smoothed distortion, slope, order, energy, FLOPs
+    plots/              kept_fraction.png (Fig. 3), delta_curves.png, masks.png (Fig. 4)
+
+Models resolve through the project's registry (``models.registry``: the embedded default and
+DeiT); another timm ViT name gives a model with random weights and synthetic calibration images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from ..allocator import (DEFAULT_KAPPA, DEFAULT_MICRO_BATCH, DEFAULT_SMOOTH, METHODS,
+                         AllocError, check_flops_target)
+from ..errors import LspError
+from ..rundir import atomic_dir, write_json
+from ._common import add_hw_args, hw_from_args
+
+ORDER = 30
+FALLBACK_MODEL = "deit_tiny_patch16_224"
+DEFAULT_CALIB = 256
+FORMAT = "lsp-codesign-allocation/1"
+
+__all__ = ["register", "run", "default_model_name", "build_model", "calibration_data",
+           "write_run", "FORMAT"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "allocate", help="choose per-layer block sparsity (LSP) and write a run directory",
+        description="Allocate per-layer block sparsity for a ViT at a FLOPs target with the LSP "
+                    "method (second-order distortion curves + the hardware power term of "
+                    "--hw's cycle/energy model), or a baseline. Writes RUN_DIR with "
+                    "allocation.json, masks.safetensors, hw.yaml and plots; "
+                    "`lsp-codesign report RUN_DIR` gives its hardware report.")
+    add_hw_args(p)
+    p.add_argument("--model", metavar="NAME",
+                   help="registered model (default: the embedded model) or a timm ViT name "
+                        "(random weights, synthetic calibration images)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="dense weights (.safetensors, or a torch file read weights-only)")
+    p.add_argument("--flops", type=float, default=0.5, metavar="R",
+                   help="FLOPs target: fraction of the dense model's MACs to keep, in (0, 1] "
+                        "(default 0.5)")
+    p.add_argument("--calib", type=int, default=DEFAULT_CALIB, metavar="N",
+                   help=f"calibration images (default {DEFAULT_CALIB}; the paper uses 2000)")
+    p.add_argument("--method", choices=METHODS, default="lsp",
+                   help="lsp (with the power term), beta0 (ablation), uniform, global "
+                        "(default lsp)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default runs/<model>-<method>-<block>-f<R>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="keep matching linear layers dense (repeatable), e.g. head")
+    p.add_argument("--data", metavar="DIR",
+                   help="calibration images in ImageFolder layout (registered models)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the calibration images")
+    p.add_argument("--kappa", type=float, default=DEFAULT_KAPPA,
+                   help=f"Fisher damping kappa (default {DEFAULT_KAPPA:g})")
+    p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
+                   help="EMA half-life of the curve smoothing, fraction of a layer's blocks "
+                        f"(default {DEFAULT_SMOOTH:g})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_MICRO_BATCH, metavar="B",
+                   help=f"images per forward/backward (default {DEFAULT_MICRO_BATCH})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+# Models and calibration data
+
+
+def _registry() -> Any:
+    """The project's model registry, or None when the ``models`` package is not installed."""
+    try:
+        from models import registry
+    except ModuleNotFoundError as exc:
+        if exc.name in ("models", "models.registry"):
+            return None
+        raise
+    return registry
+
+
+def default_model_name() -> str:
+    """The registry's default (the embedded model), else a small timm DeiT."""
+    reg = _registry()
+    return reg.DEFAULT_MODEL if reg is not None else FALLBACK_MODEL
+
+
+def build_model(name: str, checkpoint: str | None = None) -> tuple[Any, str]:
+    """Build model ``name`` in eval mode with its weights; returns ``(model, source)``.
+
+    ``source`` is ``registry`` for a registered name, ``timm`` for another timm model (random
+    weights unless ``checkpoint``).
+
+    Raises
+    ------
+    LspError
+        Unknown name, or a missing, unreadable, unsafe or mismatched checkpoint.
+    """
+    reg = _registry()
+    if reg is not None and name in reg.list_models():
+        return reg.create_model(name, checkpoint), "registry"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import timm
+
+    if not timm.is_model(name):
+        import difflib
+
+        known = list(reg.list_models()) if reg is not None else []
+        close = difflib.get_close_matches(name, known + timm.list_models("*vit*")
+                                          + timm.list_models("deit*"), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        listed = f"registered: {', '.join(known)}; " if known else ""
+        raise AllocError(f"unknown model {name!r} ({listed}or any timm ViT name){hint}")
+    model = timm.create_model(name, pretrained=False)
+    if checkpoint is not None:
+        if reg is not None:
+            reg.load_checkpoint(model, checkpoint, model_name=name)
+        else:
+            _load_checkpoint(model, checkpoint)
+    return model.eval(), "timm"
+
+
+def _load_checkpoint(model: Any, checkpoint: str) -> None:
+    """Safe checkpoint loading for when the registry is not installed."""
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise LspError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt files and unsafe pickles raise many types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LspError(f"{path}: cannot be loaded safely as weights ({msg})") from None
+    if isinstance(sd, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise LspError(f"{path}: expected a state dict of tensors")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise LspError(f"{path}: does not fit the model ({str(exc).splitlines()[0]})") from None
+
+
+def calibration_data(name: str, source: str, model: Any, n: int, seed: int, batch_size: int,
+                     data: str | None = None) -> Any:
+    """Calibration batches: the registry's loader for registered models, synthetic otherwise.
+
+    Synthetic images are uniform noise in [0, 1] normalised with the model's mean and std,
+    without labels (the dense model's predictions are used), seeded by ``seed``.
+    """
+    if source == "registry":
+        from models.data import calibration_loader
+
+        return calibration_loader(name, n, seed, batch_size, folder=data)
+    if data is not None:
+        raise AllocError(f"--data needs a registered model; {name!r} is a plain timm model")
+    return _SyntheticBatches(model, n, seed, batch_size)
+
+
+class _SyntheticBatches:
+    """Re-iterable batches of seeded uniform-noise images shaped for ``model``."""
+
+    def __init__(self, model: Any, n: int, seed: int, batch_size: int) -> None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        pe = model.patch_embed
+        chans = int(pe.proj.in_channels)
+        size = tuple(int(v) for v in pe.img_size)
+        self.shape = (chans, *size)
+        self.mean = tuple(cfg.get("mean", (0.5,) * chans))[:chans]
+        self.std = tuple(cfg.get("std", (0.5,) * chans))[:chans]
+        self.n, self.seed, self.batch_size = int(n), int(seed), int(batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        for lo in range(0, self.n, self.batch_size):
+            b = min(self.batch_size, self.n - lo)
+            yield (torch.rand((b, *self.shape), generator=gen) - mean) / std, None
+
+
+# --------------------------------------------------------------------------------------------
+# The run directory
+
+
+def write_run(out: Path, alloc: Any, cfg: Any, meta: dict[str, Any], *,
+              overwrite: bool = False) -> Path:
+    """Write a complete run directory for ``alloc`` atomically (nothing on failure)."""
+    import numpy as np
+
+    from .. import __version__
+    from ..masks_io import save_masks
+    from ..plots_alloc import write_plots
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        doc = {
+            "format": FORMAT,
+            "model": meta["model"],
+            "model_source": meta.get("model_source"),
+            "checkpoint": meta.get("checkpoint"),
+            "data": meta.get("data"),
+            "method": alloc.method,
+            "flops_target": alloc.flops_target,
+            "block": f"{alloc.block_k}x{alloc.block_n}",
+            "calib": alloc.n_samples,
+            "seed": meta.get("seed"),
+            "labels": alloc.labels,
+            "kappa": alloc.kappa,
+            "smooth": alloc.smooth,
+            "exclude": list(meta.get("exclude", [])),
+            "beta": alloc.beta,
+            "lambda": alloc.lam,
+            "threshold": alloc.threshold,
+            "hw": {"name": cfg.name, "source": cfg.source, "engine": cfg.engine,
+                   "block": cfg.block_str, "tile_m": cfg.tile_m, "clock_mhz": cfg.clock_mhz,
+                   "config_hash": cfg.config_hash(), "p_m_pj": alloc.p_m_pj},
+            "totals": alloc.totals(),
+            "kept_fraction_by_kind": alloc.kept_fraction_by_kind(),
+            "order": list(alloc.layers),
+            "layers": alloc.layer_entries(),
+            "timings_s": alloc.timings,
+            "args": meta.get("args", {}),
+            "lsp_codesign_version": __version__,
+        }
+        write_json(tmp / "allocation.json", doc)
+        save_masks(tmp / "masks.safetensors", alloc.masks)
+        (tmp / "hw.yaml").write_text(cfg.to_yaml())
+        arrays = {}
+        for name, c in alloc.curves.items():
+            arrays[f"{name}:order"] = c.order.astype(np.int32)
+            arrays[f"{name}:delta"] = c.delta
+            arrays[f"{name}:delta_smooth"] = c.delta_smooth
+            arrays[f"{name}:slope"] = c.slope
+            arrays[f"{name}:energy_pj"] = c.energy_pj
+            arrays[f"{name}:flops"] = c.flops
+        np.savez_compressed(tmp / "curves.npz", **arrays)
+        write_plots(alloc, tmp / "plots")
+    return out
+
+
+def _default_out(model: str, method: str, block: str, flops: float) -> Path:
+    return Path("runs") / f"{model}-{method}-{block}-f{flops:g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    r = check_flops_target(args.flops)
+    if args.calib < 1:
+        raise AllocError(f"--calib: calibration set is empty ({args.calib} images); give at "
+                         "least 1")
+    if args.batch_size < 1:
+        raise AllocError(f"--batch-size must be at least 1, got {args.batch_size}")
+    cfg = hw_from_args(args)
+    name = args.model or default_model_name()
+    out = Path(args.out) if args.out else _default_out(name, args.method, cfg.block_str, r)
+    if out.exists() and not args.overwrite:
+        raise LspError(f"{out}: output directory already exists (choose another --out or pass "
+                       "--overwrite)")
+    ckpt = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise LspError(f"{args.checkpoint}: checkpoint file not found")
+
+    from ..allocator import allocate
+
+    model, source = build_model(name, args.checkpoint)
+    loader = calibration_data(name, source, model, args.calib, args.seed, args.batch_size,
+                              args.data)
+    alloc = allocate(model, cfg, loader, flops_target=r, method=args.method,
+                     exclude=args.exclude, kappa=args.kappa, smooth=args.smooth,
+                     micro_batch=args.batch_size, progress=not args.quiet, total=args.calib,
+                     model_name=name)
+    resolved = {"hw": args.hw, "block": cfg.block_str, "model": name, "checkpoint": ckpt,
+                "flops": r, "calib": args.calib, "method": args.method, "out": str(out),
+                "exclude": list(args.exclude), "data": args.data, "seed": args.seed,
+                "kappa": args.kappa, "smooth": args.smooth, "batch_size": args.batch_size}
+    meta = {"model": name, "model_source": source, "checkpoint": ckpt,
+            "data": str(Path(args.data).resolve()) if args.data else None, "seed": args.seed,
+            "exclude": list(args.exclude), "args": resolved}
+    write_run(out, alloc, cfg, meta, overwrite=args.overwrite)
+    if not args.quiet:
+        print(summary_text(alloc, cfg, out))
+    return 0
+
+
+def summary_text(alloc: Any, cfg: Any, out: Path) -> str:
+    """A few lines for the terminal."""
+    t = alloc.totals()
+    kinds = "  ".join(f"{k} {v:.2f}" for k, v in alloc.kept_fraction_by_kind().items())
+    beta = "-" if alloc.beta is None else f"{alloc.beta:.4g}"
+    lam = "-" if alloc.lam is None else f"{alloc.lam:.4g}"
+    lines = [
+        f"allocated {alloc.model} with {alloc.method}, block {alloc.block_k}x{alloc.block_n}, "
+        f"{alloc.n_samples} calibration images (labels: {alloc.labels})",
+        f"  FLOPs  {t['flops'] / 1e9:.4g} G of {t['dense_flops'] / 1e9:.4g} G: ratio "
+        f"{t['flops_ratio']:.4f} (target {alloc.flops_target:g})   params "
+        f"{t['params'] / 1e6:.4g} M of {t['dense_params'] / 1e6:.4g} M",
+        f"  beta {beta}   lambda {lam}",
+        f"  kept fraction of blocks by layer type: {kinds}",
+        f"  {cfg.name} model, linear layers: cycles {t['dense_cycles']:,} -> {t['cycles']:,} "
+        f"({t['speedup']:.2f}x), energy {t['dense_energy_pj'] / 1e6:.4g} -> "
+        f"{t['energy_pj'] / 1e6:.4g} uJ",
+        f"  wrote {out}  (hardware report: lsp-codesign report {out})",
+    ]
+    return "\n".join(lines)
+
