@@ -1,0 +1,347 @@
+"""Run an allocation's masks through the engine and check it bit-exact and cycle-exact.
+
+For every selected layer of a run's (pruned) model:
+
+1. capture the layer's real input activations by running the pruned model on a calibration
+   image (one image, so the GEMM's M is the tokens the layer sees per image, as in the
+   allocation);
+2. quantise activations and the masked weights to int8 (:mod:`lsp_codesign.quant`);
+3. pack the kept blocks and the index, compile the program (:mod:`lsp_codesign.compiler`) and
+   run it on the RTL simulator (``sim.harness.run_programs``), the dense layer too;
+4. compare the int32 outputs with numpy on the same operands, bit for bit, and every hardware
+   counter with the cycle/energy model of the run's ``hw.yaml`` (the model the allocator used).
+
+torch and the simulator are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .compiler import LayerProgram, compile_layer, read_y, reference_gemm
+from .config import HwConfig, load_config
+from .cycle_model import estimate_layer
+from .errors import LspError
+from .isa import COUNTERS, ERRORS
+from .masks_io import MaskSet, load_masks
+from .packing import expand_mask
+from .quant import dequantize, quantize_activations, quantize_weights
+
+__all__ = ["LayerCheck", "VerifyResult", "VerifyMismatch", "verify_run", "select_layers",
+           "iss_runner", "rtl_runner", "load_run"]
+
+SIMS = ("verilator", "icarus", "iss")
+
+
+class VerifyMismatch(LspError):
+    """The RTL disagreed with numpy or with the model (exit status 1)."""
+
+    exit_code = 1
+
+
+@dataclass
+class LayerCheck:
+    """The verdict for one layer."""
+
+    name: str
+    m: int
+    n: int
+    k: int
+    kept_blocks: int
+    total_blocks: int
+    y_match: bool
+    counters_match: bool
+    rtl_cycles: int
+    model_cycles: int
+    dense_rtl_cycles: int | None
+    dense_model_cycles: int
+    counters_rtl: dict[str, int]
+    counters_model: dict[str, int]
+    first_diff: str | None = None
+    counter_diffs: list[str] = field(default_factory=list)
+    float_rel_err: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.y_match and self.counters_match and self.error is None
+
+    @property
+    def measured_speedup(self) -> float | None:
+        if self.dense_rtl_cycles is None or not self.rtl_cycles:
+            return None
+        return self.dense_rtl_cycles / self.rtl_cycles
+
+    @property
+    def model_speedup(self) -> float:
+        return self.dense_model_cycles / self.model_cycles if self.model_cycles else float("inf")
+
+
+@dataclass
+class VerifyResult:
+    run_dir: str
+    sim: str
+    config: dict
+    layers: list[LayerCheck]
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(lc.ok for lc in self.layers)
+
+    def totals(self) -> dict[str, Any]:
+        rtl = sum(lc.rtl_cycles for lc in self.layers)
+        mod = sum(lc.model_cycles for lc in self.layers)
+        dm = sum(lc.dense_model_cycles for lc in self.layers)
+        out = {"layers": len(self.layers), "ok": self.ok,
+               "layers_failed": [lc.name for lc in self.layers if not lc.ok],
+               "rtl_cycles": rtl, "model_cycles": mod, "dense_model_cycles": dm,
+               "model_speedup": dm / mod if mod else None}
+        if all(lc.dense_rtl_cycles is not None for lc in self.layers):
+            dr = sum(lc.dense_rtl_cycles for lc in self.layers)
+            out["dense_rtl_cycles"] = dr
+            out["measured_speedup"] = dr / rtl if rtl else None
+            if out["model_speedup"] and out["measured_speedup"]:
+                out["speedup_rel_diff"] = out["measured_speedup"] / out["model_speedup"] - 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir, "sim": self.sim, "config": self.config,
+                "wall_s": self.wall_s, "totals": self.totals(),
+                "layers": [dict(asdict(lc), ok=lc.ok, measured_speedup=lc.measured_speedup,
+                                model_speedup=lc.model_speedup) for lc in self.layers]}
+
+    def table(self) -> str:
+        hdr = ["layer", "MxN->K", "kept", "RTL cycles", "model cycles", "dense RTL", "speedup",
+               "Y", "counters"]
+        rows = []
+        for lc in self.layers:
+            sp = lc.measured_speedup
+            rows.append([lc.name, f"{lc.m}x{lc.n}->{lc.k}", f"{lc.kept_blocks}/{lc.total_blocks}",
+                         f"{lc.rtl_cycles:,}", f"{lc.model_cycles:,}",
+                         "-" if lc.dense_rtl_cycles is None else f"{lc.dense_rtl_cycles:,}",
+                         "-" if sp is None else f"{sp:.2f}x",
+                         "bit-exact" if lc.y_match else "MISMATCH",
+                         "equal" if lc.counters_match else "MISMATCH"])
+        t = self.totals()
+        sp = t.get("measured_speedup")
+        rows.append(["TOTAL", "", "", f"{t['rtl_cycles']:,}", f"{t['model_cycles']:,}",
+                     f"{t['dense_rtl_cycles']:,}" if "dense_rtl_cycles" in t else "-",
+                     "-" if sp is None else f"{sp:.2f}x",
+                     "ok" if all(lc.y_match for lc in self.layers) else "FAIL",
+                     "ok" if all(lc.counters_match for lc in self.layers) else "FAIL"])
+        w = [max(len(r[i]) for r in [hdr] + rows) for i in range(len(hdr))]
+        line = lambda r: "  ".join(  # noqa: E731
+            c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r))
+        sep = "  ".join("-" * x for x in w)
+        return "\n".join([line(hdr), sep] + [line(r) for r in rows[:-1]] + [sep, line(rows[-1])])
+
+
+Runner = Callable[[HwConfig, Sequence[LayerProgram]], list]
+
+
+def iss_runner(cfg: HwConfig, programs: Sequence[LayerProgram], progress: bool = False) -> list:
+    """Run programs on the plain-Python ISS (the executable spec), same result shape as RTL."""
+    from .iss import Memories, run_iss
+
+    out = []
+    for prog in programs:
+        t0 = time.perf_counter()
+        r = run_iss(cfg, Memories.from_program(prog))
+        out.append(_Result(r.y_words(prog.y_base, prog.y_words), r.counters, r.error,
+                           r.err_code, time.perf_counter() - t0))
+    return out
+
+
+@dataclass
+class _Result:
+    y_words: list
+    counters: dict
+    error: bool
+    err_code: int
+    wall_s: float
+
+
+def rtl_runner(sim: str) -> Runner:
+    def run(cfg: HwConfig, programs: Sequence[LayerProgram], progress: bool = False) -> list:
+        try:
+            from sim.harness import run_programs
+        except ImportError as exc:
+            raise LspError(f"the RTL harness (sim.harness) is not importable: {exc}") from None
+        return run_programs(cfg, list(programs), sim=sim, progress=progress)
+    return run
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, MaskSet, HwConfig]:
+    rd = Path(run_dir)
+    if not rd.is_dir():
+        raise LspError(f"{rd}: run directory not found")
+    alloc_path = rd / "allocation.json"
+    if not alloc_path.is_file():
+        raise LspError(f"{alloc_path}: missing (is {rd} a run directory from `allocate`?)")
+    try:
+        alloc = json.loads(alloc_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LspError(f"{alloc_path}: not valid JSON ({exc})") from None
+    ms = load_masks(rd / "masks.safetensors")
+    cfg = load_config(rd / "hw.yaml")
+    if cfg.block != (ms.block_k, ms.block_n):
+        raise LspError(f"{rd}: hw.yaml has block {cfg.block_str} but the masks use {ms.block}")
+    return alloc, ms, cfg
+
+
+def select_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]:
+    """``all`` or a number N of layers sampled by ``seed``, kept in model order."""
+    if layers == "all":
+        return list(order)
+    try:
+        n = int(layers)
+    except ValueError:
+        raise LspError(f"--layers: expected 'all' or a positive number, got {layers!r}") from None
+    if not 1 <= n <= len(order):
+        raise LspError(f"--layers: {n} is not between 1 and the {len(order)} layers of the run")
+    pick = set(np.random.default_rng(seed).choice(len(order), size=n, replace=False).tolist())
+    return [name for i, name in enumerate(order) if i in pick]
+
+
+def _pruned_model(alloc: dict, ms: MaskSet, run_dir: Path):
+    """The run's model with its masks applied (finetuned weights when the run has them)."""
+    import torch
+
+    from models.registry import create_model
+
+    ft = run_dir / "finetuned.safetensors"
+    ckpt = str(ft) if ft.is_file() else alloc.get("checkpoint")
+    model = create_model(alloc["model"], ckpt)
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for name in ms.order:
+            if name not in mods:
+                raise LspError(f"{run_dir}: mask for {name!r} but the model has no such layer")
+            w = mods[name].weight
+            k, n = w.shape
+            if ms.gemms[name][1:] != (n, k):
+                raise LspError(f"{run_dir}: mask of {name} is for N={ms.gemms[name][1]}, "
+                               f"K={ms.gemms[name][2]} but the layer's weight is {tuple(w.shape)}")
+            full = expand_mask(ms.masks[name], k, n, ms.block_k, ms.block_n)
+            w.mul_(torch.from_numpy(full).to(w.dtype))
+    return model, ckpt
+
+
+def capture_inputs(model, names: Sequence[str], image) -> dict[str, np.ndarray]:
+    """Inputs of the named linear layers for one image: ``{name: (M, N) float64}``."""
+    import torch
+
+    mods = dict(model.named_modules())
+    got: dict[str, np.ndarray] = {}
+    hooks = []
+    for name in names:
+        def hook(_mod, inp, _out, name=name):
+            got[name] = inp[0].detach().reshape(-1, inp[0].shape[-1]).double().numpy()
+        hooks.append(mods[name].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def _first_diff(y: np.ndarray, ref: np.ndarray, bk: int, bm: int) -> str:
+    r, c = (int(v) for v in np.argwhere(y != ref)[0])
+    return (f"first differing element Y[{r}, {c}] (token tile {r // bm}, block row {c // bk}): "
+            f"RTL {int(y[r, c])}, numpy {int(ref[r, c])}; {int((y != ref).sum())} elements "
+            "differ")
+
+
+def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "all",
+               dense: bool = True, progress: bool = True,
+               runner: Runner | None = None) -> VerifyResult:
+    """Verify a run directory layer by layer; see the module docstring."""
+    if sim not in SIMS:
+        raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {sim!r}")
+    rd = Path(run_dir)
+    alloc, ms, cfg = load_run(rd)
+    if cfg.engine != "block_sparse":
+        raise LspError(f"{rd}: hw.yaml is a {cfg.engine} config; only the block_sparse engine "
+                       "has RTL to verify against")
+    names = select_layers(ms.order, layers, int(alloc.get("seed", 0) or 0))
+    t0 = time.perf_counter()
+
+    from models.data import calibration_loader
+
+    model, _ = _pruned_model(alloc, ms, rd)
+    images, _labels = next(iter(calibration_loader(alloc["model"], 1,
+                                                   int(alloc.get("seed", 0) or 0), 1)))
+    inputs = capture_inputs(model, names, images)
+    mods = dict(model.named_modules())
+
+    cases = []
+    for name in names:
+        m, n, k = ms.gemms[name]
+        x = inputs[name]
+        if x.shape != (m, n):
+            raise LspError(f"{name}: captured input is {x.shape}, the masks say M={m}, N={n}")
+        w = mods[name].weight.detach().double().numpy()
+        xq, xs = quantize_activations(x)
+        wq, ws = quantize_weights(w)
+        y_float = x @ w.T
+        try:
+            prog = compile_layer(cfg, xq, wq, ms.masks[name], name=name)
+            dprog = compile_layer(cfg, xq, wq, None, name=name) if dense else None
+        except LspError as exc:
+            raise LspError(f"{exc} (config {rd / 'hw.yaml'})") from None
+        cases.append((name, xq, wq, xs, ws, y_float, prog, dprog))
+
+    run = runner or (iss_runner if sim == "iss" else rtl_runner(sim))
+    programs = [c[6] for c in cases] + ([c[7] for c in cases] if dense else [])
+    results = run(cfg, programs, progress=progress)
+    if len(results) != len(programs):
+        raise LspError(f"simulator returned {len(results)} results for {len(programs)} programs")
+
+    checks = []
+    for i, (name, xq, wq, xs, ws, y_float, prog, dprog) in enumerate(cases):
+        m, n, k = ms.gemms[name]
+        res = results[i]
+        model_est = estimate_layer(cfg, m, n, k, ms.masks[name], name=name)
+        dense_est = estimate_layer(cfg, m, n, k, None, name=name)
+        err = None
+        if res.error:
+            err = f"engine stopped with error {ERRORS[res.err_code]} (code {res.err_code})"
+        y = read_y(cfg, prog, list(res.y_words))
+        ref = reference_gemm(xq, wq, ms.masks[name], cfg.block_k, cfg.block_n)
+        y_match = bool(np.array_equal(y, ref))
+        rtl_c = {c: int(res.counters[c]) for c in COUNTERS}
+        mod_c = {c: int(model_est.counters[c]) for c in COUNTERS}
+        diffs = [f"{c}: RTL {rtl_c[c]}, model {mod_c[c]}" for c in COUNTERS if rtl_c[c] != mod_c[c]]
+        dense_rtl = None
+        if dense:
+            dres = results[len(cases) + i]
+            dense_rtl = int(dres.counters["cycles"])
+            dref = reference_gemm(xq, wq, None, cfg.block_k, cfg.block_n)
+            dy = read_y(cfg, dprog, list(dres.y_words))
+            if not np.array_equal(dy, dref):
+                err = (err or "") + "dense run: " + _first_diff(dy, dref, cfg.block_k, cfg.tile_m)
+            if dense_rtl != dense_est.cycles:
+                diffs.append(f"dense cycles: RTL {dense_rtl}, model {dense_est.cycles}")
+        # quantisation error of the int8 layer against the float (pruned) layer, for reference
+        y_deq = dequantize(ref, xs, ws)
+        rel = float(np.abs(y_deq - y_float).max() / max(np.abs(y_float).max(), 1e-12))
+        checks.append(LayerCheck(
+            name=name, m=m, n=n, k=k, kept_blocks=model_est.kept_blocks,
+            total_blocks=model_est.total_blocks, y_match=y_match, counters_match=not diffs,
+            rtl_cycles=rtl_c["cycles"], model_cycles=mod_c["cycles"],
+            dense_rtl_cycles=dense_rtl, dense_model_cycles=dense_est.cycles,
+            counters_rtl=rtl_c, counters_model=mod_c,
+            first_diff=None if y_match else _first_diff(y, ref, cfg.block_k, cfg.tile_m),
+            counter_diffs=diffs, float_rel_err=rel, error=err))
+    return VerifyResult(run_dir=str(rd), sim=sim, config=cfg.to_dict(), layers=checks,
+                        wall_s=time.perf_counter() - t0)
+
