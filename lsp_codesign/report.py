@@ -8,15 +8,16 @@ figures were measured in RTL (``measured`` column).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .config import HwConfig
-from .cycle_model import ENERGY_COMPONENTS, LayerEstimate, estimate_layer, p_m_pj
+from .cycle_model import ENERGY_COMPONENTS, LayerEstimate, energy_breakdown, estimate_layer, p_m_pj
 
-__all__ = ["LayerReport", "ModelReport", "build_report"]
+__all__ = ["LayerReport", "ModelReport", "build_report", "measured_from_verify", "save_plots"]
 
 
 @dataclass
@@ -25,6 +26,7 @@ class LayerReport:
     dense: LayerEstimate
     pruned: LayerEstimate
     measured: bool = False
+    source: str = "model"
 
     @property
     def speedup(self) -> float:
@@ -92,7 +94,7 @@ class ModelReport:
                         f"{p.energy_total_pj / 1e6:.3f}", f"{100 * lr.energy_saving:.1f}%",
                         f"{100 * p.utilization:.1f}%"]
                 if any(x.measured for x in self.layers):
-                    row.append("RTL" if lr.measured else "model")
+                    row.append(lr.source)
             else:
                 row += [f"{d.cycles:,}", f"{d.time_us:.2f}", f"{d.energy_total_pj / 1e6:.3f}",
                         f"{d.power_mw:.1f}", f"{100 * d.utilization:.1f}%"]
@@ -154,7 +156,17 @@ class ModelReport:
         out = [f"**{self._title()}**", "", "| " + " | ".join(header) + " |",
                "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
-        out += ["", self._energy_line()]
+        out += ["", "Energy by component (uJ):", "",
+                "| component | dense | pruned | share of pruned |", "|---|---:|---:|---:|"]
+        ed, ep = self.energy_by_component("dense"), self.energy_by_component("pruned")
+        tot = sum(ep.values()) or 1.0
+        for comp in ENERGY_COMPONENTS:
+            out.append(f"| {comp} | {ed[comp] / 1e6:.3f} | {ep[comp] / 1e6:.3f} | "
+                       f"{100 * ep[comp] / tot:.1f}% |")
+        if any(lr.measured for lr in self.layers):
+            out += ["", "Layers marked RTL: cycles and every event count measured on the RTL "
+                    "simulator by `lsp-codesign verify`; energy = measured events x the "
+                    "config's energy per event (DRAM bytes are a model figure)."]
         return "\n".join(out) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,7 +175,8 @@ class ModelReport:
             "config": self.cfg.to_dict(),
             "p_m_pj": p_m_pj(self.cfg),
             "pruned_given": self.pruned_given,
-            "layers": [{"name": lr.name, "measured": lr.measured, "speedup": lr.speedup,
+            "layers": [{"name": lr.name, "measured": lr.measured, "source": lr.source,
+                        "speedup": lr.speedup,
                         "energy_saving": lr.energy_saving, "dense": lr.dense.to_dict(),
                         "pruned": lr.pruned.to_dict()} for lr in self.layers],
             "totals": self.totals,
@@ -171,16 +184,114 @@ class ModelReport:
         }
 
 
+def _with_measured(cfg: HwConfig, est: LayerEstimate, counters: dict[str, int]) -> LayerEstimate:
+    """The estimate with its RTL counters replaced by measured ones (DRAM stays a model figure)."""
+    c = dict(est.counters)
+    c.update({k: int(v) for k, v in counters.items() if k in c})
+    e = energy_breakdown(cfg, c)
+    return replace(est, counters=c, energy_pj={k: float(v) for k, v in e.items()})
+
+
 def build_report(cfg: HwConfig, model: str, gemms: Sequence[tuple[str, int, int, int]],
-                 masks: dict[str, np.ndarray] | None = None) -> ModelReport:
+                 masks: dict[str, np.ndarray] | None = None,
+                 measured: dict[str, dict[str, Any]] | None = None) -> ModelReport:
     """Report for layers ``(name, M, N, K)``; ``masks[name]`` (KB, NB) gives the pruned model.
 
     Without masks the pruned figures equal the dense ones and only dense columns are shown.
+    ``measured[name]`` (from ``verify.json``) holds RTL counters ``pruned`` and optionally the
+    dense run's ``dense_cycles``; those layers' figures are taken from the RTL and marked so.
     """
     layers = []
     for name, m, n, k in gemms:
         dense = estimate_layer(cfg, m, n, k, None, name=name)
         mask = None if masks is None else masks.get(name)
         pruned = dense if mask is None else estimate_layer(cfg, m, n, k, mask, name=name)
-        layers.append(LayerReport(name=name, dense=dense, pruned=pruned))
+        meas = (measured or {}).get(name)
+        if meas is not None:
+            pruned = _with_measured(cfg, pruned, meas["pruned"])
+            if meas.get("dense_cycles") is not None:
+                dense = _with_measured(cfg, dense, {"cycles": meas["dense_cycles"]})
+        layers.append(LayerReport(name=name, dense=dense, pruned=pruned,
+                                  measured=meas is not None,
+                                  source=meas.get("source", "RTL") if meas else "model"))
     return ModelReport(model=model, cfg=cfg, layers=layers, pruned_given=masks is not None)
+
+
+def measured_from_verify(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``{layer: {"pruned": counters, "dense_cycles": int | None}}`` of the layers that passed."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    source = "ISS" if data.get("sim") == "iss" else "RTL"
+    return {lay["name"]: {"pruned": lay["counters_rtl"], "dense_cycles": lay["dense_rtl_cycles"],
+                          "source": source}
+            for lay in data.get("layers", []) if lay.get("ok")}
+
+
+def save_plots(rep: ModelReport, out_dir: str | Path) -> list[Path]:
+    """Per-layer speedup and energy bars, energy breakdown, speedup against FLOPs kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [lr.name for lr in rep.layers]
+    x = np.arange(len(names))
+    paths = []
+    colors = ["tab:green" if lr.measured else "tab:blue" for lr in rep.layers]
+
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(names) + 2), 7), sharex=True)
+    axes[0].bar(x, [lr.speedup for lr in rep.layers], color=colors)
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_ylabel("speedup over dense")
+    src = next((lr.source for lr in rep.layers if lr.measured), None)
+    axes[0].set_title(f"{rep.model} on {rep.cfg.name} (block {rep.cfg.block_str}); "
+                      + (f"green = measured ({src}), blue = model" if src else "model figures"))
+    w = 0.4
+    axes[1].bar(x - w / 2, [lr.dense.energy_total_pj / 1e6 for lr in rep.layers], w,
+                label="dense", color="lightgrey")
+    axes[1].bar(x + w / 2, [lr.pruned.energy_total_pj / 1e6 for lr in rep.layers], w,
+                label="pruned", color=colors)
+    axes[1].set_ylabel("energy (uJ)")
+    axes[1].legend()
+    axes[1].set_xticks(x, names, rotation=90, fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "layers_speedup_energy.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ed, ep = rep.energy_by_component("dense"), rep.energy_by_component("pruned")
+    bottom = np.zeros(2)
+    for comp in ENERGY_COMPONENTS:
+        vals = np.array([ed[comp], ep[comp]]) / 1e6
+        if vals.any():
+            ax.bar(["dense", "pruned"], vals, bottom=bottom, label=comp)
+            bottom += vals
+    ax.set_ylabel("energy (uJ)")
+    ax.set_title("energy by component")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "energy_breakdown.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    kept = np.array([lr.pruned.effective_macs / lr.dense.effective_macs for lr in rep.layers])
+    ax.scatter(kept, [lr.speedup for lr in rep.layers], c=colors, s=18)
+    xs = np.linspace(max(kept.min(initial=1.0), 0.02), 1.0, 100)
+    ax.plot(xs, 1 / xs, "k--", lw=0.8, label="ideal: 1 / FLOPs kept")
+    t = rep.totals
+    ax.scatter([t["linear_macs_pruned"] / max(t["linear_macs_dense"], 1)], [t["speedup"]],
+               marker="*", s=160, color="tab:red", label="whole model")
+    ax.set_xlabel("FLOPs kept (fraction of the dense layer)")
+    ax.set_ylabel("speedup")
+    ax.legend()
+    ax.set_title("speedup against FLOPs kept")
+    fig.tight_layout()
+    paths.append(out / "speedup_vs_flops.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

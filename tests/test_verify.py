@@ -125,3 +125,21 @@ def test_bad_inputs(tmp_path, capsys):
         select_layers(["a", "b"], "3")
     assert select_layers(["a", "b", "c", "d"], "2", seed=1) == select_layers(
         ["a", "b", "c", "d"], "2", seed=1)
+
+
+def test_report_marks_measured_layers_and_writes_plots(tmp_path, capsys):
+    rd = make_run(tmp_path / "run")
+    assert main(["verify", str(rd), "--sim", "iss", "--layers", "5"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(rd), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    measured = [lay for lay in data["layers"] if lay["measured"]]
+    assert len(measured) == 5 and {lay["source"] for lay in measured} == {"ISS"}
+    ver = json.loads((rd / "verify.json").read_text())
+    for lay in measured:
+        v = next(x for x in ver["layers"] if x["name"] == lay["name"])
+        assert lay["pruned"]["cycles"] == v["rtl_cycles"]
+        assert lay["dense"]["cycles"] == v["dense_rtl_cycles"]
+    for png in ("layers_speedup_energy.png", "energy_breakdown.png", "speedup_vs_flops.png"):
+        assert (rd / "report" / png).stat().st_size > 5000
+    assert "Energy by component" in (rd / "report" / "report.md").read_text()

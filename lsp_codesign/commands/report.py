@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import LspError
 from ..masks_io import load_masks
-from ..report import build_report
+from ..report import build_report, measured_from_verify, save_plots
 from ..rundir import write_json
 from ._common import add_hw_args, hw_from_args
 
@@ -27,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name for dense layer shapes (e.g. deit_small_patch16_224)")
     p.add_argument("--masks", metavar="FILE", help="masks.safetensors to report pruned figures for")
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
-    p.add_argument("--out", metavar="DIR", help="also write report.md and report.json here")
+    p.add_argument("--out", metavar="DIR",
+                   help="write report.md, report.json and plots here (default with RUN_DIR: "
+                        "RUN_DIR/report)")
     p.set_defaults(func=run)
 
 
@@ -52,6 +55,8 @@ def _model_gemms(name: str) -> list[tuple[str, int, int, int]]:
 
 def run(args: argparse.Namespace) -> int:
     masks = None
+    measured = None
+    out_dir = args.out
     if args.run_dir:
         rd = Path(args.run_dir)
         if not rd.is_dir():
@@ -59,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         hw_path = str(rd / "hw.yaml") if args.hw is None else args.hw
         cfg = hw_from_args(args, hw_path)
         ms = load_masks(args.masks or rd / "masks.safetensors")
+        if (rd / "verify.json").is_file() and args.hw is None and args.block is None:
+            measured = measured_from_verify(rd / "verify.json")
+        out_dir = out_dir or rd / "report"
     else:
         if args.hw is None:
             raise LspError("--hw is required without a run directory")
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         model = args.model
     else:
         raise LspError("nothing to report: give RUN_DIR, --masks or --model")
-    rep = build_report(cfg, model, gemms, masks)
+    rep = build_report(cfg, model, gemms, masks, measured)
     text = {"text": rep.to_text, "markdown": rep.to_markdown}.get(args.format)
     if text is not None:
         print(text(), end="")
@@ -84,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
         import json
 
         print(json.dumps(rep.to_dict(), indent=2))
-    if args.out:
-        out = Path(args.out)
+    if out_dir:
+        out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(rep.to_markdown())
         write_json(out / "report.json", rep.to_dict())
+        save_plots(rep, out)
+        print(f"wrote {out}/report.md, report.json and plots", file=sys.stderr)
     return 0
