@@ -283,13 +283,15 @@ def select_layers(count: ModelCount, block_k: int, block_n: int,
                              f"{count.model or 'the model'} (layers: {_few(names)})")
         excluded.update(hit)
     prunable = [g for g in count.linears if g.name not in excluded]
-    for g in prunable:
-        grid = BlockGrid(g.k, g.n, block_k, block_n)
-        if grid.n_blocks < 2:
-            raise AllocError(
-                f"block {block_k}x{block_n} does not suit layer {g.name} (weight {g.k}x{g.n}): "
-                "it is a single block, so the layer could only be kept or removed whole; use a "
-                f"smaller --block or --exclude {g.name}")
+    single = [g for g in prunable if BlockGrid(g.k, g.n, block_k, block_n).n_blocks < 2]
+    if single:
+        g = single[0]
+        more = f" and {len(single) - 1} more ({_few([s.name for s in single[1:]])})" \
+            if len(single) > 1 else ""
+        raise AllocError(
+            f"block {block_k}x{block_n} does not suit layer {g.name} (weight {g.k}x{g.n}){more}: "
+            "a layer that is a single block could only be kept or removed whole; use a smaller "
+            "--block or --exclude such layers")
     return prunable, [g for g in count.linears if g.name in excluded]
 
 

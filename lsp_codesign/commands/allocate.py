@@ -118,8 +118,9 @@ def build_model(name: str, checkpoint: str | None = None) -> tuple[Any, str]:
         import difflib
 
         known = list(reg.list_models()) if reg is not None else []
-        close = difflib.get_close_matches(name, known + timm.list_models("*vit*")
-                                          + timm.list_models("deit*"), n=3)
+        pool = list(dict.fromkeys(known + timm.list_models("deit*") + timm.list_models("*vit*")))
+        close = ([n for n in pool if n.startswith(name)][:3]
+                 or difflib.get_close_matches(name, pool, n=3))
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         listed = f"registered: {', '.join(known)}; " if known else ""
         raise AllocError(f"unknown model {name!r} ({listed}or any timm ViT name){hint}")
