@@ -494,3 +494,7 @@ def test_loader(name: str, n: int | None = None, batch_size: int = 256, *,
     images, labels = load_mnist("test")
     idx = _subset(len(images), n, 0, "MNIST test set")
     return _batched_loader(_ArrayImages(images, labels, info.mean, info.std), idx, batch_size)
+
+
+# ``test_loader`` is not a pytest test, even when imported into a test module.
+test_loader.__test__ = False
