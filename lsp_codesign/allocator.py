@@ -971,11 +971,7 @@ def allocate_from_calibration(calib: Calibration, cfg: HwConfig, *, flops_target
     if (cfg.block_k, cfg.block_n) != (calib.block_k, calib.block_n):
         raise AllocError(f"calibration was taken with block {calib.block_k}x{calib.block_n}, "
                          f"the config has {cfg.block_str}")
-    if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa >= 0):
-        raise AllocError(f"kappa must be a finite number >= 0, got {kappa!r}")
-    if not (isinstance(smooth, (int, float)) and math.isfinite(smooth) and 0 <= smooth <= 1):
-        raise AllocError(f"smooth must be in [0, 1] (EMA half-life as a fraction of a "
-                         f"layer's blocks), got {smooth!r}")
+    _check_options(kappa, smooth)
     count = calib.count
     _check_reachable(count, [calib.layers[n].shape for n in calib.layers], r)
     t0 = time.perf_counter()
@@ -1030,6 +1026,16 @@ def allocate_from_calibration(calib: Calibration, cfg: HwConfig, *, flops_target
                       threshold=_finite_or_none(t), kappa=float(kappa), smooth=float(smooth),
                       n_samples=calib.n_samples, labels=calib.labels, p_m_pj=p_m_pj(cfg),
                       layers=layers, curves=curves, masks=ms, count=count, timings=timings)
+
+
+def _check_options(kappa: Any, smooth: Any) -> None:
+    for name, v, hi in (("kappa", kappa, math.inf), ("smooth", smooth, 1.0)):
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+              and 0 <= v <= hi)
+        if not ok:
+            rng = ">= 0" if hi == math.inf else "in [0, 1] (EMA half-life as a fraction of " \
+                "a layer's blocks)"
+            raise AllocError(f"{name} must be a finite number {rng}, got {v!r}")
 
 
 def _check_reachable(count: ModelCount, prunable: Sequence[GemmShape], r: float) -> None:
@@ -1095,6 +1101,7 @@ def allocate(model: Any, cfg: HwConfig, loader: Iterable[Any], *, flops_target: 
     r = check_flops_target(flops_target)
     if method not in METHODS:
         raise AllocError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    _check_options(kappa, smooth)
     count = count_model(model, model_name)
     prunable, _ = select_layers(count, cfg.block_k, cfg.block_n, exclude)
     _check_reachable(count, prunable, r)

@@ -167,6 +167,13 @@ def test_unknown_method_and_bad_exclusion_are_errors(model, cfg, calib):
         allocate_from_calibration(calib, cfg.with_overrides(block="16x16"), flops_target=0.5)
 
 
+@pytest.mark.parametrize("opts", [{"kappa": -1.0}, {"kappa": float("nan")}, {"smooth": 1.5},
+                                  {"smooth": -0.1}])
+def test_bad_kappa_or_smoothing_is_an_error_before_calibration(model, cfg, opts):
+    with pytest.raises(AllocError, match="kappa|smooth"):
+        allocate(model, cfg, NotIterated(), flops_target=0.5, progress=False, **opts)
+
+
 def test_empty_loader_is_an_error(model, cfg):
     with pytest.raises(AllocError, match="empty"):
         allocate(model, cfg, [], flops_target=0.5, progress=False)

@@ -175,6 +175,8 @@ def _bad_inputs(tmp_path: Path, ckpt: Path) -> list[tuple[list[str], str]]:
         (base + ["--block", "64x64"], "does not suit layer"),
         (base + ["--block", "24x24"], "block"),
         (base + ["--calib", "0"], "calibration set is empty"),
+        (base + ["--seed", "-1"], "--seed"),
+        (base + ["--kappa", "-1"], "--kappa"),
         (base + ["--exclude", "nothing.*"], "matches no linear layer"),
         (["allocate", "--hw", VITA, "--model", "no_such_vit", "--quiet"], "unknown model"),
         (["allocate", "--hw", VITA, "--model", "vit-mnist", "--checkpoint",
@@ -223,3 +225,17 @@ def test_existing_output_and_failure_midway_leave_no_partial_run(ckpt, tmp_path,
         main(base + ["--out", str(target)])
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["exists"]
+
+
+def test_default_command_on_the_embedded_model(tmp_path, monkeypatch, capsys):
+    # `lsp-codesign allocate --hw configs/vita.yaml`: no model, no checkpoint, default out
+    monkeypatch.chdir(tmp_path)
+    assert main(["allocate", "--hw", VITA, "--calib", "32"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "vit-mnist-lsp-16x16-f0.5"
+    assert str(run.relative_to(tmp_path)) in out
+    doc = json.loads((run / "allocation.json").read_text())
+    assert doc["model"] == "vit-mnist" and doc["checkpoint"] is None
+    assert doc["labels"] == "dataset"
+    assert doc["totals"]["flops_ratio"] <= 0.5
+    assert (run / "plots" / "kept_fraction.png").is_file()

@@ -12,13 +12,10 @@ from lsp_codesign.errors import LspError
 from lsp_codesign.flops import count_model, count_timm, linear_macs
 from lsp_codesign.packing import BlockGrid
 
-# Published dense figures at 224x224 (GMACs, M params): DeiT paper / LSP paper Table 1.
-# DeiT-Tiny's "1.3 G" is 1.25-1.26 G rounded to two digits (timm's and fvcore's count: 1.26),
-# so it is checked against 1.26 and for rounding to 1.3.
+# Published dense figures at 224x224 (GMACs, M params): LSP paper Table 1, DeiT paper.
 PUBLISHED = {
-    "deit_tiny_patch16_224": (1.26, 5.7),
-    "deit_small_patch16_224": (4.6, 22.1),
-    "deit_base_patch16_224": (17.6, 86.6),
+    "deit_small_patch16_224": (4.6, 22.0),
+    "deit_base_patch16_224": (17.6, 86.0),
 }
 
 
@@ -31,8 +28,14 @@ def test_dense_totals_match_published_figures(name):
     assert c.tokens == 197
 
 
-def test_deit_tiny_rounds_to_the_published_1_3_g():
-    assert round(count_timm("deit_tiny_patch16_224").macs / 1e9, 1) == 1.3
+def test_deit_tiny_is_the_published_1_3_g_rounded():
+    # "1.3 G" is a two-digit figure: the exact MAC count (1.2537 G, equal to torch's own
+    # counter below) is 3.6 % under it, inside its rounding interval [1.25, 1.35), so a 2 %
+    # window around 1.3 cannot hold for a correct count; rounding and parameters are checked
+    c = count_timm("deit_tiny_patch16_224")
+    assert round(c.macs / 1e9, 1) == 1.3
+    assert 1.25e9 <= c.macs < 1.35e9
+    assert c.params / 1e6 == pytest.approx(5.7, rel=0.02)
 
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_distilled_patch16_224"])

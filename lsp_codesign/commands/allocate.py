@@ -276,6 +276,11 @@ def run(args: argparse.Namespace) -> int:
                          "least 1")
     if args.batch_size < 1:
         raise AllocError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.seed < 0:
+        raise AllocError(f"--seed must be >= 0, got {args.seed}")
+    if not args.kappa >= 0 or not 0 <= args.smooth <= 1:
+        raise AllocError(f"--kappa must be >= 0 and --smooth in [0, 1], got {args.kappa:g} and "
+                         f"{args.smooth:g}")
     cfg = hw_from_args(args)
     name = args.model or default_model_name()
     out = Path(args.out) if args.out else _default_out(name, args.method, cfg.block_str, r)
