@@ -17,5 +17,11 @@ setup:
 test: setup
 	$(PY) -m pytest -q
 
+DEMO_RUN ?= runs/demo
+
+# The co-design loop on the embedded MNIST ViT: allocate block sparsity at half the FLOPs,
+# run every pruned layer through the RTL (Verilator), print the hardware report.
 demo: setup
-	$(BIN)/lsp-codesign report --hw configs/vita.yaml --model deit_tiny_patch16_224
+	$(BIN)/lsp-codesign allocate --hw configs/vita.yaml --flops 0.5 --out $(DEMO_RUN) --overwrite
+	$(BIN)/lsp-codesign verify $(DEMO_RUN)
+	$(BIN)/lsp-codesign report $(DEMO_RUN)
