@@ -434,7 +434,7 @@ def _block_counts(masks: MaskSet) -> dict[str, int]:
     return {"blocks_kept": kept, "blocks_total": total}
 
 
-def finetune_run(run_dir: str | os.PathLike, *, epochs: int = 1, lr: float = 5e-4,
+def finetune_run(run_dir: str | os.PathLike, *, epochs: int = 1, lr: float | None = None,
                  batch_size: int = 128, train_images: int | None = None, seed: int = 0,
                  distill: bool = True, distill_alpha: float = 0.5, temperature: float = 2.0,
                  data: str | os.PathLike | None = None, overwrite: bool = False,
@@ -447,8 +447,9 @@ def finetune_run(run_dir: str | os.PathLike, *, epochs: int = 1, lr: float = 5e-
         Run directory with ``allocation.json`` and ``masks.safetensors``.
     epochs : int
         Passes over the training images.
-    lr : float
-        Peak AdamW learning rate.
+    lr : float, optional
+        Peak AdamW learning rate (default: the model's ``finetune_lr``, 2e-3 for
+        ``vit-mnist``, 1e-4 for DeiT).
     batch_size : int
         Images per step.
     train_images : int, optional
@@ -474,10 +475,12 @@ def finetune_run(run_dir: str | os.PathLike, *, epochs: int = 1, lr: float = 5e-
     """
     import torch
 
-    from models import save_checkpoint
+    from models import model_info, save_checkpoint
     from models.data import train_loader
 
     run = load_run(run_dir)
+    if lr is None:
+        lr = model_info(run.model_name).finetune_lr
     out = run.path / FINETUNED
     if out.exists() and not overwrite:
         raise FinetuneError(f"{out}: already exists (pass --overwrite to replace it)")

@@ -93,6 +93,8 @@ class ModelInfo:
     crop_pct : float
         Center-crop fraction for user images: resize the short side to
         ``img_size / crop_pct``, then crop ``img_size``.
+    finetune_lr : float
+        Default peak AdamW learning rate of ``lsp-codesign finetune`` at batch size 128.
     """
 
     name: str
@@ -105,6 +107,7 @@ class ModelInfo:
     description: str
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
+    finetune_lr: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -127,13 +130,13 @@ _SPECS: dict[str, _Spec] = {
     "vit-mnist": _Spec(
         ModelInfo("vit-mnist", 10, 28, 1, "mnist", MNIST_MEAN, MNIST_STD,
                   "embedded default: ViT 28px/7px patches, dim 64, depth 4, MNIST-trained",
-                  interpolation="bilinear", crop_pct=1.0),
+                  interpolation="bilinear", crop_pct=1.0, finetune_lr=2e-3),
         timm_name=None, kwargs=VIT_MNIST_KWARGS, default_checkpoint=_VIT_MNIST_CKPT),
     **{
         f"deit_{size}_patch16_224": _Spec(
             ModelInfo(f"deit_{size}_patch16_224", 1000, 224, 3, None, IMAGENET_MEAN,
                       IMAGENET_STD, f"timm DeiT-{size.capitalize()} 224px (ImageNet classes)",
-                      interpolation="bicubic", crop_pct=0.9),
+                      interpolation="bicubic", crop_pct=0.9, finetune_lr=1e-4),
             timm_name=f"deit_{size}_patch16_224")
         for size in ("tiny", "small", "base")
     },

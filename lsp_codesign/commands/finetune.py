@@ -16,8 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'allocate'")
     p.add_argument("--epochs", type=int, default=1, help="passes over the training images "
                    "(default 1)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate "
-                   "(default 5e-4, warmup then cosine)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate, warmup then cosine "
+                   "(default: the model's, 2e-3 for vit-mnist, 1e-4 for DeiT)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     p.add_argument("--train-images", type=int, metavar="N",
                    help="train on a subset of N images chosen by --seed (default: all)")
