@@ -7,8 +7,8 @@ accumulators hold one BK-wide int32 row per token of the tile.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ._params import check_int
@@ -19,11 +19,12 @@ __all__ = ["WeightBuffer", "AccumulatorBank"]
 class WeightBuffer(wiring.Component):
     """Double-buffered weight block: ``rows`` rows of ``cols`` int8.
 
-    The shadow buffer is a shift register: each arriving row (``load``) enters at row
-    ``rows - 1`` and moves the others down by one, so after ``rows`` loads row ``r`` holds the
-    ``r``-th row loaded. ``swap`` copies into the active buffer the value the shadow buffer takes
-    at the same clock edge, so a row arriving in the swap cycle is forwarded straight into the
-    active block (the reference micro-schedule of ``docs/hw.md`` section 5).
+    The *shadow* block fills one row per ``load``, in row order, a whole block at a time (row
+    ``r`` of a block is the ``r``-th row loaded since the previous block was complete); rows
+    are written in place, so a load changes one row register only. ``swap`` copies the shadow
+    block into the *active* block at the end of the cycle, with a row arriving in that same cycle
+    forwarded straight into the active block (the reference micro-schedule of ``docs/hw.md``
+    section 5: when D = BK the last row of the next block lands in the swap cycle).
 
     Parameters
     ----------
@@ -36,23 +37,22 @@ class WeightBuffer(wiring.Component):
     ----------
     load : Signal(1), in
         ``load_data`` is the next block row.
-    load_data : View(ArrayLayout(signed(8), cols)), in
-        One block row (one WMEM word).
+    load_data : Signal(8 * cols), in
+        One block row (one WMEM word: int8 element ``j`` in bits ``[8j+7 : 8j]``).
     swap : Signal(1), in
         Make the shadow block active at the end of this cycle.
-    active : View(ArrayLayout(ArrayLayout(signed(8), cols), rows)), out
-        The block feeding the PE array.
+    active : Signal(8 * cols * rows), out
+        The block feeding the PE array, row ``r`` in bits ``[8*cols*(r+1) - 1 : 8*cols*r]``.
     """
 
     def __init__(self, *, rows: int, cols: int) -> None:
         self._rows = check_int("rows", rows, maximum=1024)
         self._cols = check_int("cols", cols, maximum=1024)
-        row = data.ArrayLayout(signed(8), self._cols)
         super().__init__({
             "load": In(1),
-            "load_data": In(row),
+            "load_data": In(8 * self._cols),
             "swap": In(1),
-            "active": Out(data.ArrayLayout(row, self._rows)),
+            "active": Out(8 * self._cols * self._rows),
         })
 
     @property
@@ -65,19 +65,20 @@ class WeightBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        layout = data.ArrayLayout(data.ArrayLayout(signed(8), self._cols), self._rows)
-        shadow = Signal(layout)
-        shadow_next = Signal(layout)
-        active = Signal(layout)
-        m.d.comb += shadow_next.eq(shadow)
+        row = 8 * self._cols
+        # Weight registers need no reset: a block is always loaded before it is used.
+        shadow = [Signal(row, name=f"shadow{r}", reset_less=True) for r in range(self._rows)]
+        active = [Signal(row, name=f"active{r}", reset_less=True) for r in range(self._rows)]
+        wr = Signal(range(self._rows))   # shadow row the next load writes
         with m.If(self.load):
-            for r in range(self._rows - 1):
-                m.d.comb += shadow_next[r].eq(shadow[r + 1])
-            m.d.comb += shadow_next[self._rows - 1].eq(self.load_data)
-        m.d.sync += shadow.eq(shadow_next)
-        with m.If(self.swap):
-            m.d.sync += active.eq(shadow_next)
-        m.d.comb += self.active.eq(active)
+            m.d.sync += wr.eq(Mux(wr == self._rows - 1, 0, wr + 1))
+        for r in range(self._rows):
+            arriving = self.load & (wr == r)
+            with m.If(arriving):
+                m.d.sync += shadow[r].eq(self.load_data)
+            with m.If(self.swap):
+                m.d.sync += active[r].eq(Mux(arriving, self.load_data, shadow[r]))
+        m.d.comb += self.active.eq(Cat(*active))
         return m
 
 
@@ -105,12 +106,13 @@ class AccumulatorBank(wiring.Component):
     ----------
     accumulate : Signal(1), in
         Add ``psum`` into the head row and rotate.
-    psum : View(ArrayLayout(signed(psum_bits), lanes)), in
-        Partial sums of the current token row.
+    psum : Signal(psum_bits * lanes), in
+        Signed partial sums of the current token row, lane ``k`` in bits
+        ``[psum_bits*(k+1) - 1 : psum_bits*k]``.
     drain : Signal(1), in
         Retire the head row as zero (its value is on ``head`` this cycle).
-    head : View(ArrayLayout(signed(width), lanes)), out
-        The head row: element ``k`` in bits ``[width*k + width-1 : width*k]``.
+    head : Signal(width * lanes), out
+        The head row: lane ``k`` in bits ``[width*k + width-1 : width*k]`` (a YMEM word).
     """
 
     def __init__(self, *, rows: int, lanes: int, psum_bits: int, width: int = 32) -> None:
@@ -120,9 +122,9 @@ class AccumulatorBank(wiring.Component):
         self._psum_bits = check_int("psum_bits", psum_bits, minimum=2, maximum=self._width)
         super().__init__({
             "accumulate": In(1),
-            "psum": In(data.ArrayLayout(signed(self._psum_bits), self._lanes)),
+            "psum": In(self._psum_bits * self._lanes),
             "drain": In(1),
-            "head": Out(data.ArrayLayout(signed(self._width), self._lanes)),
+            "head": Out(self._width * self._lanes),
         })
 
     @property
@@ -139,11 +141,13 @@ class AccumulatorBank(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        row = data.ArrayLayout(signed(self._width), self._lanes)
-        ring = [Signal(row, name=f"acc{r}") for r in range(self._rows)]
-        tail = Signal(row)
-        for k in range(self._lanes):
-            m.d.comb += tail[k].eq(ring[0][k] + self.psum[k])
+        w, pb = self._width, self._psum_bits
+        ring = [Signal(w * self._lanes, name=f"acc{r}") for r in range(self._rows)]
+        tail = Signal(w * self._lanes)
+        m.d.comb += tail.eq(Cat(*(
+            (ring[0].word_select(k, w).as_signed()
+             + self.psum.word_select(k, pb).as_signed())[:w]
+            for k in range(self._lanes))))
         with m.If(self.accumulate | self.drain):
             for r in range(self._rows - 1):
                 m.d.sync += ring[r].eq(ring[r + 1])

@@ -227,7 +227,8 @@ class Engine(wiring.Component):
                                 m.d.comb += retire.eq(0)
                                 stop(isa.ERROR_CODES["bad_dims"])
                             with m.Else():
-                                m.d.comb += walker.start.eq(1)
+                                # Retires when the GEMM completes (not if it faults).
+                                m.d.comb += [walker.start.eq(1), retire.eq(0)]
                                 m.next = "GEMM"
                         with m.Case(kind["lsp.halt"]):
                             stop(0)
@@ -236,6 +237,7 @@ class Engine(wiring.Component):
                 with m.If(walker.error):
                     stop(isa.ERROR_CODES["index"])
                 with m.Elif(walker.done):
+                    m.d.comb += retire.eq(1)
                     m.next = "FETCH"
         m.d.comb += [
             running.eq(~fsm.ongoing("IDLE")),

@@ -8,7 +8,7 @@ reduces the BN exact int16 products with a balanced adder tree (``docs/hw.md`` s
 from __future__ import annotations
 
 from amaranth import Module, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ._params import check_int, clog2
@@ -37,10 +37,11 @@ class PE(wiring.Component):
 
     Attributes
     ----------
-    x : View(ArrayLayout(signed(operand_bits), lanes)), in
-        Activations (a token row).
-    w : View(ArrayLayout(signed(operand_bits), lanes)), in
-        Weights (one row of the block).
+    x : Signal(lanes * operand_bits), in
+        Activations (a token row); element ``j`` in bits ``[b*j + b-1 : b*j]``, two's
+        complement, as in a memory word (``docs/hw.md`` section 3).
+    w : Signal(lanes * operand_bits), in
+        Weights (one row of the block), packed the same way.
     psum : Signal(signed(psum_bits)), out
         ``sum(x[j] * w[j])``, exact.
     """
@@ -49,7 +50,7 @@ class PE(wiring.Component):
         self._lanes = check_int("lanes", lanes, maximum=1024)
         self._operand_bits = check_int("operand_bits", operand_bits, minimum=2, maximum=32)
         self._psum_bits = psum_bits(self._lanes, self._operand_bits)
-        vec = data.ArrayLayout(signed(self._operand_bits), self._lanes)
+        vec = self._lanes * self._operand_bits
         super().__init__({
             "x": In(vec),
             "w": In(vec),
@@ -73,7 +74,9 @@ class PE(wiring.Component):
         level = []
         for j in range(self._lanes):
             p = Signal(signed(2 * self._operand_bits), name=f"prod{j}")
-            m.d.comb += p.eq(self.x[j] * self.w[j])
+            b = self._operand_bits
+            m.d.comb += p.eq(self.x.word_select(j, b).as_signed()
+                             * self.w.word_select(j, b).as_signed())
             level.append(p)
         depth = 0
         while len(level) > 1:

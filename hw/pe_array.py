@@ -7,8 +7,8 @@ accumulators around it are in :mod:`hw.buffers`.
 
 from __future__ import annotations
 
-from amaranth import Module, signed
-from amaranth.lib import data, wiring
+from amaranth import Cat, Module
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ._params import check_int
@@ -29,23 +29,24 @@ class PEArray(wiring.Component):
 
     Attributes
     ----------
-    x : View(ArrayLayout(signed(8), cols)), in
-        Token row broadcast to every PE row.
-    w : View(ArrayLayout(ArrayLayout(signed(8), cols), rows)), in
-        The active weight block, row ``k`` feeding PE row ``k``.
-    psum : View(ArrayLayout(signed(psum_bits), rows)), out
-        ``psum[k] = sum_j x[j] * w[k][j]``.
+    x : Signal(8 * cols), in
+        Token row broadcast to every PE row: int8 element ``j`` in bits ``[8j+7 : 8j]``.
+    w : Signal(8 * cols * rows), in
+        The active weight block: row ``k`` (packed like ``x``) in bits
+        ``[8*cols*(k+1) - 1 : 8*cols*k]``, feeding PE row ``k``.
+    psum : Signal(psum_bits * rows), out
+        ``psum[k] = sum_j x[j] * w[k][j]``, signed, in bits
+        ``[psum_bits*(k+1) - 1 : psum_bits*k]``.
     """
 
     def __init__(self, *, rows: int, cols: int) -> None:
         self._rows = check_int("rows", rows, maximum=1024)
         self._cols = check_int("cols", cols, maximum=1024)
         self._psum_bits = psum_bits(self._cols)
-        row = data.ArrayLayout(signed(8), self._cols)
         super().__init__({
-            "x": In(row),
-            "w": In(data.ArrayLayout(row, self._rows)),
-            "psum": Out(data.ArrayLayout(signed(self._psum_bits), self._rows)),
+            "x": In(8 * self._cols),
+            "w": In(8 * self._cols * self._rows),
+            "psum": Out(self._psum_bits * self._rows),
         })
 
     @property
@@ -66,12 +67,11 @@ class PEArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        sums = []
         for k in range(self._rows):
             pe = PE(lanes=self._cols)
             m.submodules[f"pe{k}"] = pe
-            m.d.comb += [
-                pe.x.eq(self.x),
-                pe.w.eq(self.w[k]),
-                self.psum[k].eq(pe.psum),
-            ]
+            m.d.comb += [pe.x.eq(self.x), pe.w.eq(self.w.word_select(k, 8 * self._cols))]
+            sums.append(pe.psum)
+        m.d.comb += self.psum.eq(Cat(*sums))
         return m
