@@ -1,0 +1,103 @@
+"""Verilog generation: build/<config-hash>/ with params.json, reused while nothing changed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hw.build import BuildError, build_verilog, main
+from lsp_codesign import isa
+from lsp_codesign.config import HwConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def small(block: str = "4x8") -> HwConfig:
+    raw = load_config(CONFIGS / "vita.yaml").to_dict()
+    raw["block"] = block
+    raw["tile_m"] = 4
+    raw["memories"] = {"imem_words": 32, "xmem_kib": 1, "wmem_kib": 1, "idx_kib": 0.25,
+                       "ymem_kib": 4}
+    return HwConfig.from_dict(raw, source="small")
+
+
+def test_build_writes_verilog_and_params(tmp_path):
+    cfg = small()
+    res = build_verilog(cfg, build_root=tmp_path)
+    assert res.directory == tmp_path.resolve() / cfg.config_hash()
+    assert not res.reused
+    assert [p.name for p in res.sources] == ["lsp_sram.v", "lsp_engine.v"]
+    params = json.loads(res.params.read_text())
+    assert params["config_hash"] == cfg.config_hash()
+    assert params["derived"] == json.loads(json.dumps(cfg.derived()))
+    assert HwConfig.from_dict(params["config"]).config_hash() == cfg.config_hash()
+    assert params["counters"] == list(isa.COUNTERS) and params["errors"] == list(isa.ERRORS)
+    mems = cfg.memories
+    assert params["host"]["word_bits"] == max(m.word_bits for m in mems.values())
+    assert params["host"]["addr_bits"] == max(m.addr_bits for m in mems.values())
+    text = res.verilog.read_text()
+    assert re.search(r"^module lsp_engine\(", text, re.M)
+    # section 7 ports with their widths
+    a, w = params["host"]["addr_bits"], params["host"]["word_bits"]
+    for decl in (f"input [{a - 1}:0] host_addr;", f"input [{w - 1}:0] host_wdata;",
+                 "input [2:0] host_sel;", "output [47:0] ctr_value;", "input [3:0] ctr_sel;",
+                 "output [2:0] err_code;", "input [4:0] reg_sel;", "output [31:0] reg_value;",
+                 "input start;", "output done;", "output running;", "output error;"):
+        assert decl in text, decl
+    # one macro per memory, each with the config's geometry
+    for name, spec in mems.items():
+        pat = (rf"lsp_sram #\(\s*\.ABITS\(32'd{spec.addr_bits}\),\s*\.DEPTH\(32'd{spec.depth}\),"
+               rf"\s*\.WIDTH\(32'd{spec.word_bits}\)\s*\) {name} \(")
+        assert re.search(pat, text), name
+    assert "module lsp_sram" in res.sram_model.read_text()
+
+
+def test_build_is_reused_until_config_or_generator_changes(tmp_path):
+    cfg = small()
+    first = build_verilog(cfg, build_root=tmp_path)
+    mtime = first.verilog.stat().st_mtime_ns
+    again = build_verilog(cfg, build_root=tmp_path)
+    assert again.reused and again.directory == first.directory
+    forced = build_verilog(cfg, build_root=tmp_path, force=True)
+    assert not forced.reused
+    assert forced.verilog.stat().st_mtime_ns == mtime      # same text: file left untouched
+    # a different generator (hw/ edited) invalidates the build
+    params = json.loads(first.params.read_text())
+    params["generator_digest"] = "0" * 16
+    first.params.write_text(json.dumps(params))
+    assert not build_verilog(cfg, build_root=tmp_path).reused
+    # another block size is another directory; the same config from its dict is the same
+    other = build_verilog(small("8x4"), build_root=tmp_path)
+    assert other.directory != first.directory
+    assert HwConfig.from_dict(cfg.to_dict()).config_hash() == cfg.config_hash()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == \
+        sorted([cfg.config_hash(), small("8x4").config_hash()])
+
+
+def test_build_rejects_the_systolic_engine(tmp_path):
+    tpu = load_config(CONFIGS / "tpu_v3.yaml")
+    with pytest.raises(BuildError, match="engine 'systolic' has no RTL"):
+        build_verilog(tpu, build_root=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_build_cli(tmp_path, capsys):
+    assert main(["--block", "16x16", "--build-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    cfg = load_config(CONFIGS / "vita.yaml", block="16x16")
+    assert str(tmp_path.resolve() / cfg.config_hash()) in out and "generated" in out
+    assert main(["--block", "16by16", "--build-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --block: expected the form AxB with positive integers, got '16by16'" in err
+
+
+def test_default_build_root_is_the_repository_build_dir(monkeypatch):
+    from hw import build
+
+    monkeypatch.delenv("LSP_BUILD_ROOT", raising=False)
+    assert build.default_build_root() == CONFIGS.parent / "build"
+    monkeypatch.setenv("LSP_BUILD_ROOT", "/tmp/somewhere")
+    assert build.default_build_root() == Path("/tmp/somewhere")
