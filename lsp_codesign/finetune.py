@@ -160,8 +160,9 @@ def train(model, loader, *, epochs: int, lr: float, weight_decay: float = 0.05,
     ----------
     model : torch.nn.Module
         Trained in place; left in eval mode.
-    loader : iterable
-        Yields ``(images, labels)`` with int64 labels; iterated once per epoch.
+    loader : sized iterable
+        Yields ``(images, labels)`` with int64 labels; iterated once per epoch; ``len`` gives
+        the batches per epoch (for the learning-rate schedule).
     epochs : int
         Passes over ``loader`` (at least 1).
     lr : float
@@ -203,7 +204,11 @@ def train(model, loader, *, epochs: int, lr: float, weight_decay: float = 0.05,
     if teacher is not None and not (0.0 <= distill_alpha <= 1.0 and temperature > 0):
         raise FinetuneError(f"distillation needs 0 <= alpha <= 1 and T > 0, got alpha "
                             f"{distill_alpha!r}, T {temperature!r}")
-    steps_per_epoch = len(loader)
+    try:
+        steps_per_epoch = len(loader)
+    except TypeError:
+        raise FinetuneError("the training loader must have a length (batches per epoch), "
+                            "as a torch DataLoader has") from None
     if steps_per_epoch == 0:
         raise FinetuneError("training set is empty")
     total = epochs * steps_per_epoch

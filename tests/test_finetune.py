@@ -301,3 +301,36 @@ def test_relative_checkpoint_is_found_in_the_run_dir(tmp_path):
     r = load_run(run)
     assert r.checkpoint == str(run / "dense.safetensors")
     assert torch.equal(r.dense_model().head.weight, src.head.weight)
+
+
+def test_deit_run_with_an_imagenet_style_folder(tmp_path, capsys):
+    """DeiT end to end on a user's ImageFolder with 1000 class folders (one image each)."""
+    from PIL import Image
+
+    data = tmp_path / "imagenet"
+    rng = np.random.default_rng(0)
+    for c in range(1000):
+        (data / f"n{c:08d}").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+            data / f"n{c:08d}" / "img.png")
+    name = "deit_tiny_patch16_224"
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = tmp_path / "deit_tiny.safetensors"
+    save_checkpoint(create_model(name), ckpt, model_name=name)
+    save_masks(run / "masks.safetensors",
+               random_masks(create_model(name, ckpt), name, (32, 32), 0.5, 0))
+    (run / "allocation.json").write_text(json.dumps(
+        {"model": name, "checkpoint": str(ckpt), "data": str(data), "method": "random-test",
+         "flops_target": 0.5, "block": "32x32", "seed": 0}))
+    assert main(["finetune", str(run), "--train-images", "4", "--batch-size", "2",
+                 "--no-progress"]) == 0
+    rec = json.loads((run / "finetune.json").read_text())
+    assert rec["data"] == str(data) and rec["train_images"] == 4 and rec["lr"] == 1e-4
+    ms = load_masks(run / "masks.safetensors")
+    assert pruned_blocks_are_zero(load_numpy(str(run / "finetuned.safetensors")), ms)
+    assert main(["evaluate", str(run), "--test-images", "3", "--no-progress"]) == 0
+    ev = json.loads((run / "evaluate.json").read_text())
+    assert ev["test_images"] == 3 and set(ev["models"]) == {"dense", "pruned", "finetuned"}
+    assert ev["models"]["dense"]["kl_to_dense"] == 0.0
+    assert ev["models"]["pruned"]["kl_to_dense"] > 0.0
