@@ -25,3 +25,22 @@ demo: setup
 	$(BIN)/lsp-codesign allocate --hw configs/vita.yaml --flops 0.5 --out $(DEMO_RUN) --overwrite
 	$(BIN)/lsp-codesign verify $(DEMO_RUN)
 	$(BIN)/lsp-codesign report $(DEMO_RUN)
+
+# ---- RTL: the Amaranth engine (hw/) and its cocotb benches (sim/), see docs/rtl.md ----------
+#   make sim BLOCK=16x16 [SIM=icarus|verilator]   generate the Verilog, run the benches, summary
+#   make rtl BLOCK=16x32                           only generate build/<config-hash>/ (Verilog)
+#   make rtl-speed                                 bench/rtl_speed.py (cycles/s, both simulators)
+BLOCK ?= 16x16
+SIM ?= icarus
+HW_CONFIG ?= configs/vita.yaml
+
+.PHONY: sim rtl rtl-speed
+
+sim: setup
+	$(PY) -m sim.make_sim --config '$(HW_CONFIG)' --block '$(BLOCK)' --sim '$(SIM)'
+
+rtl: setup
+	$(PY) -m hw --config '$(HW_CONFIG)' --block '$(BLOCK)'
+
+rtl-speed: setup
+	nice -n 5 $(PY) bench/rtl_speed.py

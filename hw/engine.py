@@ -11,7 +11,12 @@ integers derived from it.
     host port (load / read back any memory while idle), counter port, register port
 
 Front-end timing: every instruction takes a FETCH cycle (IMEM read of ``pc``) and an EXECUTE
-cycle; ``lsp.gemm`` then holds the front-end while the walker is busy.
+cycle; ``lsp.gemm`` then holds the front-end while the walker is busy. Choices the spec leaves
+open (``docs/rtl.md``): ``lsp.gemm`` retires when its GEMM completes (not when it faults);
+``lsp.rdctr`` reads a counter as it was at the start of its execute cycle, low 32 bits;
+``pc_overflow`` is raised in the FETCH cycle whose ``pc`` equals the IMEM depth; registers and
+configuration registers keep their values across runs (``rst`` clears them, ``start`` does
+not).
 """
 
 from __future__ import annotations

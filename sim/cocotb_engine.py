@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import cocotb
@@ -34,10 +33,11 @@ async def run_job(dut) -> None:
         for n, prog in enumerate(job["programs"], 1):
             rec = await tb.run_program(prog)
             results.append(rec)
-            if job.get("progress"):
+            if job.get("progress_file"):
                 state = "WATCHDOG" if rec["watchdog"] else f"{rec['sim_cycles']} cycles"
-                print(f"[rtl {job['sim']}] {n}/{len(job['programs'])} {prog['name']}: {state} "
-                      f"in {rec['wall_s']:.2f} s", file=sys.__stderr__, flush=True)
+                with open(job["progress_file"], "a") as fh:
+                    fh.write(f"[rtl {job['sim']}] {n}/{len(job['programs'])} {prog['name']}: "
+                             f"{state} in {rec['wall_s']:.2f} s\n")
             if rec["watchdog"]:
                 stuck = rec
                 break

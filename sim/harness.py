@@ -22,10 +22,12 @@ import fcntl
 import hashlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -219,6 +221,10 @@ def _python_path() -> str:
 class _Icarus(cocotb_runner.Icarus):
     """Icarus runner whose simulator process can import this repository's packages."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.log.setLevel(logging.ERROR)   # commands and output go to the build / run logs
+
     def _set_env_common(self) -> None:
         super()._set_env_common()
         self.env["PYTHONPATH"] = _python_path()
@@ -233,6 +239,10 @@ class _Verilator(cocotb_runner.Verilator):
 
     stamp_name = "lsp_build_stamp.json"
     digest = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log.setLevel(logging.ERROR)   # commands and output go to the build / run logs
 
     def _set_env_common(self) -> None:
         super()._set_env_common()
@@ -335,8 +345,10 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
             print(f"[rtl] building the {what} for {cfg.block_str} in {sim_dir}",
                   file=sys.stderr, flush=True)
         try:
+            # (an up-to-date build runs no command; keep the log of the real one)
             runner.build(sources=sources, hdl_toplevel=TB_TOP, build_dir=sim_dir,
-                         build_args=build_args, timescale=timescale, log_file=log)
+                         build_args=build_args, timescale=timescale,
+                         log_file=None if reused else log)
         except (RuntimeError, SystemExit, OSError) as exc:
             raise SimulatorBuildError(
                 f"{sim}: building {cfg.block_str} ({hw.directory}) failed: {exc}\n"
@@ -434,8 +446,8 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
         Parent of ``<config-hash>/`` (default ``build/`` of the repository, or
         ``$LSP_BUILD_ROOT``).
     progress : bool
-        Print one line per program (and build notices) to stderr, and let the simulator's
-        output through; otherwise it goes to ``sim.log`` in the run directory.
+        Print one line per program (and build notices) to stderr. The simulator's own output
+        always goes to ``sim.log`` in the run directory (kept when something fails).
     host_port : bool
         Load the memories and read Y through the engine's host port, one word per cycle,
         instead of the simulation backdoor (``$readmemh`` / ``$writememh``).
@@ -475,22 +487,28 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
     run_dir = runs / f"{sim}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_run_ids)}"
     run_dir.mkdir(parents=True, exist_ok=False)
     job_path, res_path, log = run_dir / "job.json", run_dir / "results.json", run_dir / "sim.log"
+    progress_path = run_dir / "progress.log"
     job = {
         "sim": sim, "period_ns": PERIOD_NS, "host_port": bool(host_port),
-        "progress": bool(progress), "counters": list(COUNTERS),
+        "progress_file": str(progress_path) if progress else None,
+        "counters": list(COUNTERS),
         "word_bits": {n: cfg.memories[n].word_bits for n in MEMORY_ORDER},
         "programs": jobs,
     }
     job_path.write_text(json.dumps(job))
     env = {"LSP_SIM_JOB": str(job_path), "LSP_SIM_RESULTS": str(res_path)}
-    if progress:
-        env["COCOTB_LOG_LEVEL"] = "WARNING"
+    tail = _ProgressTail(progress_path) if progress else None
     try:
+        if tail:
+            tail.start()
         build.runner.test(test_module="sim.cocotb_engine", hdl_toplevel=TB_TOP,
                           build_dir=build.directory, test_dir=run_dir, extra_env=env,
-                          timescale=("1ns", "1ps"), log_file=None if progress else log)
+                          timescale=("1ns", "1ps"), log_file=log)
     except (SystemExit, RuntimeError, OSError):
         pass  # the results file says what happened; checked below
+    finally:
+        if tail:
+            tail.stop()
     results = _read_results(res_path)
     where = f"{sim} ({cfg.block_str}, run directory {run_dir})"
     if results and results[-1].get("watchdog"):
@@ -507,6 +525,38 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
     if not keep_run_dir and os.environ.get("LSP_KEEP_RUNS", "") in ("", "0"):
         shutil.rmtree(run_dir, ignore_errors=True)
     return out
+
+
+class _ProgressTail(threading.Thread):
+    """Copies the progress lines the cocotb test appends to a file onto our stderr."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.done = threading.Event()
+        self.offset = 0
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            with open(self.path) as fh:
+                fh.seek(self.offset)
+                text = fh.read()
+        except OSError:
+            return
+        end = text.rfind("\n") + 1
+        if end:
+            sys.stderr.write(text[:end])
+            sys.stderr.flush()
+            self.offset += end
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.flush()
 
 
 def _read_results(path: Path) -> list[dict[str, Any]]:
