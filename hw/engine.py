@@ -41,6 +41,10 @@ __all__ = ["Engine", "MEMORY_ORDER", "TOP_NAME"]
 MEMORY_ORDER = ("imem", "xmem", "wmem", "idx", "ymem")
 #: Name of the generated Verilog top module.
 TOP_NAME = "lsp_engine"
+#: The custom-0 operations the front-end executes (checked against lsp_codesign.isa.OPS).
+_IMPLEMENTED_OPS = frozenset({"lsp.dim_mn", "lsp.dim_k", "lsp.base_xw", "lsp.base_y",
+                              "lsp.base_idx", "lsp.nnz", "lsp.gemm", "lsp.fence", "lsp.rdctr",
+                              "lsp.halt"})
 
 
 def _wrap(addr, depth: int, bits: int):
@@ -96,6 +100,11 @@ class Engine(wiring.Component):
         if config.engine != "block_sparse":
             raise ValueError(f"config {config.name!r} has engine {config.engine!r}; the RTL "
                              "implements the block_sparse engine only")
+        ops = {op.mnemonic for op in isa.OPS}
+        if ops != _IMPLEMENTED_OPS:
+            raise ValueError(f"the ISA and the engine differ: no RTL for "
+                             f"{sorted(ops - _IMPLEMENTED_OPS)}, no ISA entry for "
+                             f"{sorted(_IMPLEMENTED_OPS - ops)}")
         if len(isa.COUNTERS) > 16:
             raise ValueError(f"ctr_sel is 4 bits but the ISA has {len(isa.COUNTERS)} counters")
         self._config = config

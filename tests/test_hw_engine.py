@@ -110,3 +110,18 @@ def test_engine_ports_follow_the_config():
     assert eng.host_addr_bits == max(s.addr_bits for s in cfg.memories.values())
     assert len(eng.ctr_value) == cfg.counter_bits == 48
     assert len(eng.err_code) == 3 and len(eng.host_sel) == 3 and len(eng.ctr_sel) == 4
+
+
+def test_engine_refuses_an_isa_it_does_not_implement(monkeypatch):
+    """A new operation in lsp_codesign.isa.OPS must come with its RTL, not decode as a no-op."""
+    from hw.engine import Engine
+    from lsp_codesign import isa
+
+    extra = isa.Op("lsp.new", 0x30, False, False, False, "not implemented")
+    original = isa.OPS
+    monkeypatch.setattr(isa, "OPS", original + (extra,))
+    with pytest.raises(ValueError, match=r"no RTL for \['lsp.new'\], no ISA entry for \[\]"):
+        Engine(config=small_config("4x4", 4))
+    monkeypatch.setattr(isa, "OPS", tuple(op for op in original if op.mnemonic != "lsp.rdctr"))
+    with pytest.raises(ValueError, match=r"no ISA entry for \['lsp.rdctr'\]"):
+        Engine(config=small_config("4x4", 4))
