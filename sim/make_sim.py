@@ -25,13 +25,14 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vita.yaml
 def run(config: str | Path, block: str | None, sim: str, *, seed: int = 0,
         build_root: Path | None = None, progress: bool = True) -> tuple[list, dict]:
     """Run all cases; return the table rows and a JSON-ready summary."""
-    from .harness import check_simulator, run_programs
+    from .harness import build_simulator, check_simulator, run_programs
 
     cfg = load_config(config, block=block)
     check_simulator(sim)
     layers = layer_cases(cfg, seed=seed)
     errors = error_cases(cfg, seed=seed)
     progs = [c.program(cfg) for c in layers]
+    build = build_simulator(cfg, sim=sim, build_root=build_root, progress=progress)
     t0 = time.perf_counter()
     results = run_programs(cfg, progs + [e.program for e in errors], sim=sim,
                            build_root=build_root, progress=progress, read_regs=True)
@@ -47,7 +48,8 @@ def run(config: str | Path, block: str | None, sim: str, *, seed: int = 0,
     rows += [check_error(cfg, e, r) for e, r in zip(errors, results[len(progs):])]
     summary = {
         "config": str(config), "block": cfg.block_str, "tile_m": cfg.tile_m, "sim": sim,
-        "config_hash": cfg.config_hash(), "wall_s": wall,
+        "config_hash": cfg.config_hash(), "wall_s": wall, "build_s": build.seconds,
+        "build_reused": build.reused, "build_dir": str(build.hw.directory),
         "sim_cycles": sum(r.sim_cycles for r in results),
         "cases": [{"name": r.name, "shape": r.shape, "kept": r.kept,
                    "rtl_cycles": r.rtl_cycles, "model_cycles": r.model_cycles,
@@ -77,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['tile_m']}, {args.sim}, config {summary['config_hash']}")
     print(format_table(rows))
     bad = [r for r in rows if not r.ok]
+    built = "reused" if summary["build_reused"] else f"built in {summary['build_s']:.1f} s"
     print(f"\n{len(rows) - len(bad)}/{len(rows)} cases ok, {summary['sim_cycles']} cycles "
-          f"simulated in {summary['wall_s']:.1f} s")
+          f"simulated in {summary['wall_s']:.1f} s; Verilog and {args.sim} model {built} "
+          f"({summary['build_dir']})")
     for r in bad:
         for p in r.problems:
             print(f"MISMATCH {r.name}: {p}", file=sys.stderr)

@@ -147,3 +147,16 @@ def test_testbench_wrapper_exposes_the_engine_and_the_backdoor():
     for i, n in enumerate(("imem", "xmem", "wmem", "idx", "ymem")):
         assert f'if (tb_load[{i}]) $readmemh("lsp_load_{n}.hex", dut.{n}.mem);' in text
     assert '$writememh("lsp_dump_ymem.hex", dut.ymem.mem, tb_dump_lo, tb_dump_hi)' in text
+
+
+def test_make_sim_exits_1_and_names_the_mismatch(monkeypatch, capsys):
+    rows = [CaseReport("good", "1x1->1", "1/1", 104, 104, 0.1, 1.0, []),
+            CaseReport("bad", "2x2->2", "1/1", 105, 104, 0.1, 1.0,
+                       ["counters: cycles RTL 105 != expected 104"])]
+    summary = {"block": "16x16", "tile_m": 16, "config_hash": "x", "sim_cycles": 209,
+               "wall_s": 0.1, "build_s": 0.0, "build_reused": True, "build_dir": "build/x"}
+    monkeypatch.setattr(make_sim, "run", lambda *a, **k: (rows, summary))
+    assert make_sim.main(["--block", "16x16"]) == 1
+    out = capsys.readouterr()
+    assert "1/2 cases ok" in out.out and "MISMATCH" in out.out
+    assert "MISMATCH bad: counters: cycles RTL 105 != expected 104" in out.err

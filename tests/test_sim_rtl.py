@@ -147,3 +147,23 @@ def test_programs_run_back_to_back_in_one_invocation(tmp_path):
     for case, prog, r in zip(cases, progs, res):
         assert check_layer(cfg, case, prog, r).ok
     assert res[-1].y_words == res[0].y_words and res[-1].counters == res[0].counters
+
+
+def test_the_bench_fails_when_the_model_is_off_by_one_cycle(monkeypatch):
+    """The RTL == model check can fail: shift the model's prediction by one cycle."""
+    need("icarus")
+    from sim.cases import LayerCase
+
+    real = LayerCase.estimate
+
+    def off_by_one(self, cfg):
+        est = real(self, cfg)
+        est.counters["cycles"] += 1
+        return est
+
+    monkeypatch.setattr(LayerCase, "estimate", off_by_one)
+    rows, _ = make_sim.run(VITA, "8x8", "icarus", progress=False)
+    layer_rows = [r for r in rows if not r.kept.startswith("err")]
+    assert layer_rows and all(not r.ok for r in layer_rows)
+    assert all(any("cycles RTL" in p for p in r.problems) for r in layer_rows)
+    assert all(r.ok for r in rows if r.kept.startswith("err"))
