@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

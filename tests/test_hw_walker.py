@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from hw.walker import BlockWalker
-from lsp_codesign.cycle_model import gemm_counters
 from lsp_codesign.config import HwConfig, load_config
-from pathlib import Path
+from lsp_codesign.cycle_model import gemm_counters
 
 VITA = Path(__file__).resolve().parent.parent / "configs" / "vita.yaml"
 FIELDS = ("idx", "x", "w", "y", "swap", "stall")
