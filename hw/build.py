@@ -158,7 +158,8 @@ def _params(cfg: HwConfig, digest: str) -> dict[str, Any]:
     }
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` atomically, leaving the file (and its mtime) alone when it is unchanged."""
     if path.is_file() and path.read_text() == text:
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -167,7 +168,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a lock file) for the ``with`` block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -224,7 +226,7 @@ def build_verilog(cfg: HwConfig, *, build_root: str | Path | None = None,
     directory = root.resolve() / cfg.config_hash()
     digest = generator_digest()
     reused = False
-    with _locked(root.resolve() / f".{cfg.config_hash()}.lock"):
+    with locked(root.resolve() / f".{cfg.config_hash()}.lock"):
         if not force and _up_to_date(directory, cfg, digest):
             reused = True
         else:
@@ -234,9 +236,9 @@ def build_verilog(cfg: HwConfig, *, build_root: str | Path | None = None,
             except Exception as exc:  # amaranth / yosys failures
                 raise BuildError(f"config {cfg.source or cfg.name} (block {cfg.block_str}): "
                                  f"Verilog generation failed: {exc}") from exc
-            _write_if_changed(directory / SRAM_MODEL_NAME, SRAM_MODEL_VERILOG)
-            _write_if_changed(directory / VERILOG_NAME, text)
-            _write_if_changed(directory / PARAMS_NAME,
+            write_if_changed(directory / SRAM_MODEL_NAME, SRAM_MODEL_VERILOG)
+            write_if_changed(directory / VERILOG_NAME, text)
+            write_if_changed(directory / PARAMS_NAME,
                               json.dumps(_params(cfg, digest), indent=2) + "\n")
     return BuildResult(config=cfg, directory=directory, verilog=directory / VERILOG_NAME,
                        sram_model=directory / SRAM_MODEL_NAME, params=directory / PARAMS_NAME,

@@ -41,22 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _venv_tools_on_path() -> None:
-    """Put this interpreter's bin directory first on PATH.
-
-    ``.venv/bin/lsp-codesign`` may run without the venv activated; the simulators it drives
-    (``verilator``, linked there by the set-up) and cocotb's tools must still be found.
-    """
-    import os
-
-    bindir = os.path.dirname(sys.executable)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if bindir not in parts:
-        os.environ["PATH"] = os.pathsep.join([bindir, *parts])
-
-
 def main(argv: list[str] | None = None) -> int:
-    _venv_tools_on_path()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

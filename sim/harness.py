@@ -18,7 +18,6 @@ results file.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -29,14 +28,13 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from cocotb_tools import runner as cocotb_runner
 
-from hw.build import REPO_ROOT, BuildResult, build_verilog
+from hw.build import REPO_ROOT, BuildResult, build_verilog, locked, write_if_changed
 from lsp_codesign.compiler import LayerProgram
 from lsp_codesign.config import HwConfig
 from lsp_codesign.cycle_model import gemm_counters
@@ -130,10 +128,22 @@ class RtlResult:
 # ---- simulator builds ---------------------------------------------------------------------
 
 
+def _venv_bin_on_path() -> None:
+    """Put the running interpreter's bin directory on PATH (where the set-up links verilator).
+
+    Callers such as ``.venv/bin/python -m pytest`` need not activate the venv first.
+    """
+    bindir = os.path.dirname(sys.executable)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in parts:
+        os.environ["PATH"] = os.pathsep.join([bindir, *parts])
+
+
 def check_simulator(sim: str) -> None:
     """Raise :class:`SimulatorNotFound` (or a ValueError naming ``sim``) if it cannot run."""
     if sim not in SIMULATORS:
         raise SimulatorError(f"sim: expected one of {', '.join(SIMULATORS)}, got {sim!r}")
+    _venv_bin_on_path()
     missing = [t for t in _TOOLS[sim] if shutil.which(t) is None]
     if missing:
         raise SimulatorNotFound(f"{sim}: {', '.join(missing)} not found on PATH; run "
@@ -192,25 +202,6 @@ module {TB_TOP} (
     end
 endmodule
 """
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _python_path() -> str:
@@ -321,7 +312,7 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
     hw = build_verilog(cfg, build_root=build_root)
     params = hw.load_params()
     tb = hw.directory / f"{TB_TOP}.v"
-    _write_if_changed(tb, testbench_verilog(params))
+    write_if_changed(tb, testbench_verilog(params))
     sim_dir = hw.directory / f"sim_{sim}"
     sources = [*hw.sources, tb]
     timescale = ("1ns", "1ps")
@@ -333,7 +324,7 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
     else:
         runner = _Icarus()
         build_args = []
-    with _locked(hw.directory / f".sim_{sim}.lock"):
+    with locked(hw.directory / f".sim_{sim}.lock"):
         sim_dir.mkdir(parents=True, exist_ok=True)
         if sim == "verilator":
             reused = runner.up_to_date(sim_dir)
