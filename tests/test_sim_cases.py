@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,11 @@ def test_run_programs_input_errors(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SimulatorNotFound, match=r"^icarus: iverilog, vvp not found on PATH"):
         run_programs(cfg, [prog], sim="icarus")
+    # the venv's own bin directory (where the set-up links verilator) is always searched
+    with pytest.raises(SimulatorNotFound, match=r"^verilator: make, g\+\+ not found"):
+        run_programs(cfg, [prog], sim="verilator")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SimulatorNotFound, match=r"^verilator: verilator, make, g\+\+ not found"):
         run_programs(cfg, [prog], sim="verilator")
     monkeypatch.undo()
