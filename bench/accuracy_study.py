@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="output stem (default bench/results/accuracy_study; with --quick "
                         "build/accuracy_study_quick)")
     p.add_argument("--fresh", action="store_true", help="ignore partial results")
+    p.add_argument("--from-json", type=Path, metavar="FILE",
+                   help="no runs: rebuild the summary, table and plot from a study JSON")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: one seed, 256 calibration, 2048 training, 2000 test images")
     args = p.parse_args(argv)
@@ -207,10 +209,14 @@ def summarise(study: dict) -> dict:
                     continue
                 best = max(others, key=others.get)
                 margin = row["lsp"][f"{st}_top1"][0] - others[best]
+                noise = max(row["lsp"][f"{st}_top1"][1], row[best][f"{st}_top1"][1])
                 checks.append({"block": block, "target": target, "stage": st,
                                "lsp_top1": row["lsp"][f"{st}_top1"][0],
+                               "lsp_std": row["lsp"][f"{st}_top1"][1],
                                "best_baseline": best, "best_baseline_top1": others[best],
-                               "margin_points": margin, "lsp_at_or_above": margin >= 0})
+                               "best_baseline_std": row[best][f"{st}_top1"][1],
+                               "margin_points": margin, "lsp_at_or_above": margin >= 0,
+                               "beyond_seed_std": abs(margin) > noise})
     dense = 100 * study["dense"]["top1"]
     goal_dense = []
     if s["finetune"] is not None and "lsp" in s["methods"] and 0.5 in s["targets"]:
@@ -259,10 +265,11 @@ def goals_text(summ: dict) -> str:
     lines = []
     for c in summ["goal_lsp_vs_baselines"]:
         verdict = "at or above" if c["lsp_at_or_above"] else "BELOW"
+        noise = ("more than" if c["beyond_seed_std"] else "within")
         lines.append(f"- {c['block']}, R={c['target']:g}, {c['stage']}: LSP "
                      f"{c['lsp_top1']:.2f}% is {verdict} the best baseline "
                      f"({LABELS[c['best_baseline']]}, {c['best_baseline_top1']:.2f}%) by "
-                     f"{c['margin_points']:+.2f} points")
+                     f"{c['margin_points']:+.2f} points ({noise} one seed std)")
     for g in summ["goal_within_1_point_at_0.5"]:
         verdict = "within" if g["within_1_point"] else "NOT within"
         lines.append(f"- {g['block']}, R=0.5 finetuned: LSP {g['lsp_finetuned_top1']:.2f}% vs "
@@ -297,6 +304,7 @@ def plot(study: dict, summ: dict, path: Path) -> None:
                             marker=marker, capsize=3, label=LABELS[method], lw=1.5, ms=5)
             if metric == "top1":
                 ax.axhline(dense, color="k", ls="--", lw=1, label=f"dense {dense:.2f}%")
+                ax.set_ylim(top=max(ax.get_ylim()[1], dense + 0.2))
                 ax.set_ylabel("top-1 (%)")
             else:
                 ax.set_yscale("log")
@@ -316,12 +324,18 @@ def plot(study: dict, summ: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    study = run_study(args)
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        study = {k: saved[k] for k in ("settings", "dense", "runs", "seconds")}
+        command = saved["command"]
+    else:
+        study = run_study(args)
+        command = "python bench/accuracy_study.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)
     summ = summarise(study)
     out_json = args.out.with_suffix(".json")
     out_png = args.out.with_suffix(".png")
-    doc = {**study, **summ, "command": "python bench/accuracy_study.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)}
+    doc = {**study, **summ, "command": command}
     table = markdown_table(study, summ)
     goals = goals_text(summ)
     doc["table_markdown"] = table

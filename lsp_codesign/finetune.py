@@ -402,7 +402,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         The directory or a file is missing, ``allocation.json`` is malformed, or the masks
         were made for another model.
     """
-    from models import model_info
+    from models import list_models
 
     path = Path(run_dir)
     if not path.is_dir():
@@ -418,7 +418,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if not isinstance(alloc, dict) or not isinstance(alloc.get("model"), str):
         raise FinetuneError(f"{alloc_path}: 'model' must be a model name string")
     name = alloc["model"]
-    model_info(name)  # unknown names fail here with the list of known ones
+    if name not in list_models():
+        raise FinetuneError(f"{alloc_path}: unknown model {name!r}: finetune and evaluate "
+                            f"support the registered models ({', '.join(list_models())})")
     ckpt = alloc.get("checkpoint")
     if ckpt is not None and not isinstance(ckpt, str):
         raise FinetuneError(f"{alloc_path}: 'checkpoint' must be a path or null, got {ckpt!r}")
