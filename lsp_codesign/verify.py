@@ -29,8 +29,6 @@ from .config import HwConfig, load_config
 from .cycle_model import estimate_layer
 from .errors import LspError
 from .isa import COUNTERS, ERRORS
-from .masks_io import MaskSet, load_masks
-from .packing import expand_mask
 from .quant import dequantize, quantize_activations, quantize_weights
 
 __all__ = ["LayerCheck", "VerifyResult", "VerifyMismatch", "verify_run", "select_layers",
@@ -178,22 +176,16 @@ def rtl_runner(sim: str) -> Runner:
     return run
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, MaskSet, HwConfig]:
-    rd = Path(run_dir)
-    if not rd.is_dir():
-        raise LspError(f"{rd}: run directory not found")
-    alloc_path = rd / "allocation.json"
-    if not alloc_path.is_file():
-        raise LspError(f"{alloc_path}: missing (is {rd} a run directory from `allocate`?)")
-    try:
-        alloc = json.loads(alloc_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LspError(f"{alloc_path}: not valid JSON ({exc})") from None
-    ms = load_masks(rd / "masks.safetensors")
-    cfg = load_config(rd / "hw.yaml")
-    if cfg.block != (ms.block_k, ms.block_n):
-        raise LspError(f"{rd}: hw.yaml has block {cfg.block_str} but the masks use {ms.block}")
-    return alloc, ms, cfg
+def load_run(run_dir: str | Path):
+    """The run directory (``lsp_codesign.finetune.load_run``) and its ``hw.yaml`` config."""
+    from .finetune import load_run as load_run_dir
+
+    run = load_run_dir(run_dir)
+    cfg = load_config(run.path / "hw.yaml")
+    if cfg.block != (run.masks.block_k, run.masks.block_n):
+        raise LspError(f"{run.path}: hw.yaml has block {cfg.block_str} but the masks use "
+                       f"{run.masks.block}")
+    return run, cfg
 
 
 def select_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]:
@@ -210,28 +202,16 @@ def select_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]
     return [name for i, name in enumerate(order) if i in pick]
 
 
-def _pruned_model(alloc: dict, ms: MaskSet, run_dir: Path):
+def _pruned_model(run):
     """The run's model with its masks applied (finetuned weights when the run has them)."""
-    import torch
-
     from models.registry import create_model
 
-    ft = run_dir / "finetuned.safetensors"
-    ckpt = str(ft) if ft.is_file() else alloc.get("checkpoint")
-    model = create_model(alloc["model"], ckpt)
-    mods = dict(model.named_modules())
-    with torch.no_grad():
-        for name in ms.order:
-            if name not in mods:
-                raise LspError(f"{run_dir}: mask for {name!r} but the model has no such layer")
-            w = mods[name].weight
-            k, n = w.shape
-            if ms.gemms[name][1:] != (n, k):
-                raise LspError(f"{run_dir}: mask of {name} is for N={ms.gemms[name][1]}, "
-                               f"K={ms.gemms[name][2]} but the layer's weight is {tuple(w.shape)}")
-            full = expand_mask(ms.masks[name], k, n, ms.block_k, ms.block_n)
-            w.mul_(torch.from_numpy(full).to(w.dtype))
-    return model, ckpt
+    from .finetune import apply_masks, element_masks
+
+    ft = run.path / "finetuned.safetensors"
+    model = create_model(run.model_name, str(ft) if ft.is_file() else run.checkpoint)
+    apply_masks(model, element_masks(model, run.masks))
+    return model
 
 
 def capture_inputs(model, names: Sequence[str], image) -> dict[str, np.ndarray]:
@@ -268,18 +248,18 @@ def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "al
     if sim not in SIMS:
         raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {sim!r}")
     rd = Path(run_dir)
-    alloc, ms, cfg = load_run(rd)
+    run, cfg = load_run(rd)
+    ms, seed = run.masks, int(run.allocation.get("seed", 0) or 0)
     if cfg.engine != "block_sparse":
         raise LspError(f"{rd}: hw.yaml is a {cfg.engine} config; only the block_sparse engine "
                        "has RTL to verify against")
-    names = select_layers(ms.order, layers, int(alloc.get("seed", 0) or 0))
+    names = select_layers(ms.order, layers, seed)
     t0 = time.perf_counter()
 
     from models.data import calibration_loader
 
-    model, _ = _pruned_model(alloc, ms, rd)
-    images, _labels = next(iter(calibration_loader(alloc["model"], 1,
-                                                   int(alloc.get("seed", 0) or 0), 1)))
+    model = _pruned_model(run)
+    images, _labels = next(iter(calibration_loader(run.model_name, 1, seed, 1)))
     inputs = capture_inputs(model, names, images)
     mods = dict(model.named_modules())
 
