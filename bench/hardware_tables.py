@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 
 from lsp_codesign.config import load_config  # noqa: E402
 from lsp_codesign.report import build_report  # noqa: E402
@@ -63,8 +62,8 @@ def row(model, block, flops_kept, rep):
 
 
 def markdown(rows, engine):
-    out = [f"| model | FLOPs kept | block | blocks kept | time (ms) | speedup | ideal | "
-           f"energy (uJ) | power (mW) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| model | FLOPs kept | block | blocks kept | time (ms) | speedup | ideal | "
+           "energy (uJ) | power (mW) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     last = None
     for r in rows:
         if r["model"] != last:

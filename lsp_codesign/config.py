@@ -189,7 +189,8 @@ def _check_keys(d: Mapping[str, Any], schema: Mapping[str, tuple], path: str, wh
             continue
         v = d[k]
         if isinstance(v, bool) or not isinstance(v, types):
-            tn = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+            tn = (types.__name__ if isinstance(types, type)
+                  else " or ".join(t.__name__ for t in types))
             raise _fail(where, f"{path}{k}", f"expected {tn}, got {type(v).__name__} {v!r}")
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .compiler import layer_program_length
-from .config import ACC_BITS, HwConfig
+from .config import HwConfig
 from .isa import COUNTERS
 from .packing import BlockGrid
 

@@ -32,7 +32,11 @@ FORMAT = "lsp-codesign-masks/1"
 
 @dataclass(frozen=True)
 class MaskSet:
-    """Block masks of a model: ``masks[name]`` is ``(KB, NB)`` bool; ``gemms[name]`` is (M, N, K)."""
+    """Block masks of a model.
+
+    ``masks[name]`` is the ``(KB, NB)`` bool mask of layer ``name``; ``gemms[name]`` its GEMM
+    ``(M, N, K)``.
+    """
 
     model: str
     block_k: int

@@ -16,7 +16,6 @@ torch and the simulator are imported inside the functions.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -15,7 +15,7 @@ import pytest
 from lsp_codesign.cli import main
 from lsp_codesign.errors import LspError
 from lsp_codesign.quant import dequantize, quantize_activations, quantize_weights
-from lsp_codesign.verify import VerifyMismatch, iss_runner, select_layers, verify_run
+from lsp_codesign.verify import iss_runner, select_layers, verify_run
 
 pytestmark = pytest.mark.torch
 

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"GEMM M={m} N={n} K={k}: kept blocks {est.kept_blocks}/{est.total_blocks}")
     print(f"  cycles        {est.cycles:,}   ({est.time_us:.2f} us)")
     if mask is not None:
-        print(f"  dense cycles  {dense.cycles:,}   speedup {dense.cycles / max(est.cycles, 1):.2f}x")
+        speedup = dense.cycles / max(est.cycles, 1)
+        print(f"  dense cycles  {dense.cycles:,}   speedup {speedup:.2f}x")
     print(f"  energy        {est.energy_total_pj / 1e6:.4f} uJ   power {est.power_mw:.1f} mW   "
           f"utilisation {100 * est.utilization:.1f}%")
     print(f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)")

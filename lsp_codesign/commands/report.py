@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
                    help="run directory with hw.yaml and masks.safetensors")
     add_hw_args(p, required=False, array=True)
-    p.add_argument("--model", help="model name for dense layer shapes (e.g. deit_small_patch16_224)")
+    p.add_argument("--model",
+                   help="model name for dense layer shapes (e.g. deit_small_patch16_224)")
     p.add_argument("--masks", metavar="FILE", help="masks.safetensors to report pruned figures for")
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument("--out", metavar="DIR",
