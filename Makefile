@@ -20,11 +20,14 @@ test: setup
 DEMO_RUN ?= runs/demo
 
 # The co-design loop on the embedded MNIST ViT: allocate block sparsity at half the FLOPs,
-# run every pruned layer through the RTL (Verilator), print the hardware report.
+# run every pruned layer through the RTL (Verilator), print the hardware report, then finetune
+# with the masks fixed and evaluate dense / pruned / finetuned top-1.
 demo: setup
 	$(BIN)/lsp-codesign allocate --hw configs/vita.yaml --flops 0.5 --out $(DEMO_RUN) --overwrite
 	$(BIN)/lsp-codesign verify $(DEMO_RUN)
 	$(BIN)/lsp-codesign report $(DEMO_RUN)
+	$(BIN)/lsp-codesign finetune $(DEMO_RUN) --overwrite
+	$(BIN)/lsp-codesign evaluate $(DEMO_RUN)
 
 # ---- RTL: the Amaranth engine (hw/) and its cocotb benches (sim/), see docs/rtl.md ----------
 #   make sim BLOCK=16x16 [SIM=icarus|verilator]   generate the Verilog, run the benches, summary
