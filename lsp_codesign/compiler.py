@@ -63,6 +63,10 @@ class LayerProgram:
         Where Y lies in YMEM and how many words it spans.
     packed : PackedWeight
         The block-sparse weight the program runs.
+    mt : int
+        Token tiles ``ceil(M / BM)``.
+    extra : dict
+        ``name``: the layer's name, used in progress lines and error messages.
     """
 
     m: int
@@ -233,7 +237,7 @@ def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray 
     idx.update({cidx_base + i: int(v) for i, v in enumerate(packed.col_idx)})
     return LayerProgram(m=m, n=n, k=k, words=words, text=program_text(instrs), xmem=xmem,
                         wmem=wmem, idx=idx, y_base=bases.y, y_words=y_words, packed=packed,
-                        mt=mt)
+                        mt=mt, extra={"name": name})
 
 
 def read_y(cfg: HwConfig, prog: LayerProgram, ymem_words: list[int]) -> np.ndarray:

@@ -274,7 +274,7 @@ def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "al
         y_float = x @ w.T
         try:
             prog = compile_layer(cfg, xq, wq, ms.masks[name], name=name)
-            dprog = compile_layer(cfg, xq, wq, None, name=name) if dense else None
+            dprog = compile_layer(cfg, xq, wq, None, name=f"{name} dense") if dense else None
         except LspError as exc:
             raise LspError(f"{exc} (config {rd / 'hw.yaml'})") from None
         cases.append((name, xq, wq, xs, ws, y_float, prog, dprog))
