@@ -209,19 +209,24 @@ def _python_path() -> str:
     return os.pathsep.join(parts)
 
 
-class _Icarus(cocotb_runner.Icarus):
-    """Icarus runner whose simulator process can import this repository's packages."""
+class _QuietRepoRunner:
+    """Runner mix-in: logs go to the build / run logs, and the simulator process can import
+    this repository's packages."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.log.setLevel(logging.ERROR)   # commands and output go to the build / run logs
+        self.log.setLevel(logging.ERROR)
 
     def _set_env_common(self) -> None:
         super()._set_env_common()
         self.env["PYTHONPATH"] = _python_path()
 
 
-class _Verilator(cocotb_runner.Verilator):
+class _Icarus(_QuietRepoRunner, cocotb_runner.Icarus):
+    """Icarus runner whose simulator process can import this repository's packages."""
+
+
+class _Verilator(_QuietRepoRunner, cocotb_runner.Verilator):
     """Verilator runner that reuses a model built from identical sources and arguments.
 
     ``digest`` (set before :meth:`build`) hashes the Verilator version, the sources and the
@@ -230,14 +235,6 @@ class _Verilator(cocotb_runner.Verilator):
 
     stamp_name = "lsp_build_stamp.json"
     digest = ""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log.setLevel(logging.ERROR)   # commands and output go to the build / run logs
-
-    def _set_env_common(self) -> None:
-        super()._set_env_common()
-        self.env["PYTHONPATH"] = _python_path()
 
     def up_to_date(self, build_dir: Path) -> bool:
         try:
