@@ -29,8 +29,15 @@ def _command_modules() -> list:
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``--help`` gives the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lsp-codesign",
         description="Hardware/software co-design for block-sparse Vision Transformers: "
                     "cycle/energy model, LSP allocator, RTL verification and reports.")

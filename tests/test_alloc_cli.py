@@ -64,7 +64,12 @@ def test_allocation_json_contract(run_dir, ckpt):
     assert doc["checkpoint"] == str(ckpt.resolve())
     assert (doc["method"], doc["flops_target"], doc["block"], doc["calib"], doc["seed"]) == \
         ("lsp", 0.5, "16x16", 24, 0)
-    assert doc["labels"] == "dataset"  # MNIST labels from the registry's loader
+    # the default curvature draws its labels from the model's own softmax: the data set's
+    # labels are not used
+    assert doc["labels"] == "unused"
+    assert (doc["curvature"], doc["fisher_samples"], doc["first_order"], doc["score"]) == \
+        ("fisher", 1, False, "delta")
+    assert doc["args"]["curvature"] == "fisher"
     assert doc["beta"] > 0 and isinstance(doc["lambda"], float)
     t = doc["totals"]
     assert t["flops"] <= 0.5 * t["dense_flops"]
@@ -115,10 +120,57 @@ def test_block_override_and_baseline_method(ckpt, tmp_path):
     assert load_masks(out / "masks.safetensors").block == "8x8"
 
 
+def test_paper_curvature_uses_the_data_sets_labels_and_the_first_order_term(ckpt, tmp_path):
+    out = tmp_path / "paper"
+    assert main(["allocate", "--hw", VITA, "--model", "vit-mnist", "--checkpoint", str(ckpt),
+                 "--calib", "8", "--curvature", "empirical", "--score", "taylor", "--out",
+                 str(out), "--quiet"]) == 0
+    doc = json.loads((out / "allocation.json").read_text())
+    assert doc["labels"] == "dataset"  # MNIST labels from the registry's loader
+    assert (doc["curvature"], doc["first_order"], doc["score"]) == ("empirical", True, "taylor")
+    out2 = tmp_path / "ggn"
+    assert main(["allocate", "--hw", VITA, "--model", "vit-mnist", "--checkpoint", str(ckpt),
+                 "--calib", "8", "--curvature", "ggn", "--fisher-samples", "2",
+                 "--first-order", "on", "--out", str(out2), "--quiet"]) == 0
+    doc = json.loads((out2 / "allocation.json").read_text())
+    assert (doc["curvature"], doc["fisher_samples"], doc["first_order"]) == ("ggn", 2, True)
+    assert doc["labels"] == "dataset"  # the first-order term is the loss's gradient
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--fisher-samples", "0"], "--fisher-samples: must be a positive integer"),
+    (["--fisher-samples", "-1"], "--fisher-samples: must be a positive integer"),
+    (["--fisher-samples", "1.5"], "--fisher-samples: must be a positive integer"),
+    (["--fisher-samples", "abc"], "--fisher-samples: must be a positive integer"),
+    (["--curvature", "hessian"], "choose from fisher, ggn, empirical"),
+    (["--first-order", "yes"], "choose from on, off"),
+    (["--score", "l1"], "choose from delta, taylor"),
+])
+def test_bad_curvature_options_are_one_line_exit_2_and_write_nothing(argv, expect, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit) as exc:
+        main(["allocate", "--hw", VITA, "--calib", "4", "--out", str(out), "--quiet"] + argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("lsp-codesign allocate: error: argument "), err
+    assert expect in err.replace("'", ""), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fisher_samples_with_the_empirical_curvature_is_an_error(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["allocate", "--hw", VITA, "--calib", "4", "--curvature", "empirical",
+                 "--fisher-samples", "3", "--out", str(out), "--quiet"]) == 2
+    assert "fisher samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_plain_timm_model_with_synthetic_images(tmp_path, capsys):
     out = tmp_path / "t"
     assert main(["allocate", "--hw", VITA, "--model", "test_vit", "--calib", "4", "--out",
-                 str(out), "--flops", "0.6"]) == 0
+                 str(out), "--flops", "0.6", "--curvature", "empirical"]) == 0
     printed = capsys.readouterr()
     assert "calibration" in printed.err  # progress bar
     assert "FLOPs" in printed.out and str(out) in printed.out
@@ -236,6 +288,6 @@ def test_default_command_on_the_embedded_model(tmp_path, monkeypatch, capsys):
     assert str(run.relative_to(tmp_path)) in out
     doc = json.loads((run / "allocation.json").read_text())
     assert doc["model"] == "vit-mnist" and doc["checkpoint"] is None
-    assert doc["labels"] == "dataset"
+    assert doc["curvature"] == "fisher" and doc["labels"] == "unused"
     assert doc["totals"]["flops_ratio"] <= 0.5
     assert (run / "plots" / "kept_fraction.png").is_file()

@@ -113,12 +113,13 @@ def test_smoothing_zero_half_life_is_identity_and_rejects_bad_values():
 
 
 def _explicit_curve(g: np.ndarray, w: np.ndarray, grid: BlockGrid, order: np.ndarray,
-                    kappa: float) -> np.ndarray:
-    """delta(k) = gbar^T dW + 1/2 dW^T H dW with H = kappa I + (1/N) sum g g^T built in full."""
+                    kappa: float, first_order: bool = True) -> np.ndarray:
+    """delta(k) = [gbar^T dW] + 1/2 dW^T H dW with H = kappa I + (1/N) sum g g^T built in
+    full; the bracket only with ``first_order``."""
     n_samples = g.shape[0]
     gv = g.reshape(n_samples, -1)
     h = kappa * np.eye(gv.shape[1]) + gv.T @ gv / n_samples
-    gbar = gv.mean(axis=0)
+    gbar = gv.mean(axis=0) if first_order else np.zeros(gv.shape[1])
     bid = ((np.arange(grid.k)[:, None] // grid.block_k) * grid.nb
            + np.arange(grid.n)[None, :] // grid.block_n).ravel()
     out = [0.0]
@@ -128,9 +129,10 @@ def _explicit_curve(g: np.ndarray, w: np.ndarray, grid: BlockGrid, order: np.nda
     return np.array(out)
 
 
+@pytest.mark.parametrize("first_order", [True, False])
 @pytest.mark.parametrize("shape,block,kappa", [((6, 10), (2, 5), 0.3), ((7, 9), (4, 4), 0.0),
                                                ((5, 13), (2, 8), 1e-3)])
-def test_incremental_curve_matches_explicit_quadratic_form(shape, block, kappa):
+def test_incremental_curve_matches_explicit_quadratic_form(shape, block, kappa, first_order):
     rng = np.random.default_rng(sum(shape))
     k, n = shape
     grid = BlockGrid(k, n, *block)  # (7, 9) and (5, 13) need padding
@@ -139,8 +141,10 @@ def test_incremental_curve_matches_explicit_quadratic_form(shape, block, kappa):
     s = np.stack([block_reduce(gi * w, grid).ravel() for gi in g])
     order = rng.permutation(grid.n_blocks)
     w_sq = block_reduce(w * w, grid).ravel()[order]
-    got = distortion_curve(s, w_sq, kappa, order)
-    want = _explicit_curve(g, w, grid, order, kappa)
+    # <gbar_b, W_b> = mean_n s[n, b] when the g_n are the gradients whose mean is gbar
+    gd = s.mean(axis=0)[order] if first_order else None
+    got = distortion_curve(s, w_sq, kappa, order, grad_dot=gd)
+    want = _explicit_curve(g, w, grid, order, kappa, first_order)
     assert got[0] == 0.0
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
 
@@ -149,7 +153,8 @@ def test_incremental_curve_cross_term_by_hand():
     # one sample, two blocks: s = (a, b). delta(2) = -(a + b) + kappa/2 (w1 + w2) + (a + b)^2 / 2.
     # Adding dW_new^T H dW_new once too often (the public implementation's bug) gives + ab more.
     a, b, w1, w2, kappa = 0.7, -1.9, 2.0, 3.0, 0.1
-    d = distortion_curve(np.array([[a, b]]), np.array([w1, w2]), kappa)
+    d = distortion_curve(np.array([[a, b]]), np.array([w1, w2]), kappa,
+                         grad_dot=np.array([a, b]))
     assert d[1] == pytest.approx(-a + kappa / 2 * w1 + a * a / 2, rel=1e-14)
     assert d[2] == pytest.approx(-(a + b) + kappa / 2 * (w1 + w2) + (a + b) ** 2 / 2, rel=1e-14)
 

@@ -20,8 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..allocator import (DEFAULT_KAPPA, DEFAULT_MICRO_BATCH, DEFAULT_SMOOTH, METHODS,
-                         AllocError, check_flops_target)
+from ..allocator import (CURVATURES, DEFAULT_CURVATURE, DEFAULT_KAPPA, DEFAULT_MICRO_BATCH,
+                         DEFAULT_SCORE, DEFAULT_SMOOTH, METHODS, SCORES, AllocError,
+                         CurvatureOptions, check_flops_target)
 from ..errors import LspError
 from ..rundir import atomic_dir, write_json
 from ._common import add_hw_args, hw_from_args
@@ -70,8 +71,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="calibration images in ImageFolder layout (registered models)")
     p.add_argument("--seed", type=int, default=0, help="chooses the calibration images")
+    p.add_argument("--curvature", choices=CURVATURES, default=DEFAULT_CURVATURE.value,
+                   help="per-sample gradients of the second-order term: fisher (labels drawn "
+                        "from the model's own softmax), ggn (random directions over the "
+                        "logits), empirical (the data set's labels, as the paper) (default "
+                        f"{DEFAULT_CURVATURE.value})")
+    p.add_argument("--fisher-samples", type=_positive_int, default=1, metavar="S",
+                   help="curvature samples per image for fisher/ggn (default 1)")
+    p.add_argument("--first-order", choices=("on", "off"), default=None,
+                   help="the first-order term gbar^T dW of the curves (default: on for "
+                        "empirical, off for fisher/ggn)")
+    p.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE.value,
+                   help="block ranking: delta (the block's own second-order distortion) or "
+                        f"taylor (the paper's mean |W * gbar|) (default {DEFAULT_SCORE.value})")
     p.add_argument("--kappa", type=float, default=DEFAULT_KAPPA,
-                   help=f"Fisher damping kappa (default {DEFAULT_KAPPA:g})")
+                   help=f"curvature damping kappa (default {DEFAULT_KAPPA:g})")
     p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
                    help="EMA half-life of the curve smoothing, fraction of a layer's blocks "
                         f"(default {DEFAULT_SMOOTH:g})")
@@ -79,6 +93,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"images per forward/backward (default {DEFAULT_MICRO_BATCH})")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of ``--fisher-samples``: 1, 2, 3, ..."""
+    import argparse as _ap
+
+    try:
+        v = int(text, 10)
+    except ValueError:
+        v = 0
+    if v < 1 or str(v) != text.strip().lstrip("+"):
+        raise _ap.ArgumentTypeError(f"must be a positive integer (1, 2, 3, ...), got {text!r}")
+    return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,6 +264,7 @@ def write_run(out: Path, alloc: Any, cfg: Any, meta: dict[str, Any], *,
             "calib": alloc.n_samples,
             "seed": meta.get("seed"),
             "labels": alloc.labels,
+            **alloc.options.record(),
             "kappa": alloc.kappa,
             "smooth": alloc.smooth,
             "exclude": list(meta.get("exclude", [])),
@@ -290,6 +318,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.kappa >= 0 or not 0 <= args.smooth <= 1:
         raise AllocError(f"--kappa must be >= 0 and --smooth in [0, 1], got {args.kappa:g} and "
                          f"{args.smooth:g}")
+    opts = CurvatureOptions.resolve(args.curvature, samples=args.fisher_samples,
+                                    first_order=args.first_order, score=args.score)
     cfg = hw_from_args(args)
     out = Path(args.out) if args.out else _default_out(name, args.method, cfg.block_str, r)
     if out.exists() and not args.overwrite:
@@ -306,12 +336,13 @@ def run(args: argparse.Namespace) -> int:
                               args.data)
     alloc = allocate(model, cfg, loader, flops_target=r, method=args.method,
                      exclude=args.exclude, kappa=args.kappa, smooth=args.smooth,
-                     micro_batch=args.batch_size, progress=not args.quiet, total=args.calib,
-                     model_name=name)
+                     options=opts, micro_batch=args.batch_size, seed=args.seed,
+                     progress=not args.quiet, total=args.calib, model_name=name)
     resolved = {"hw": args.hw, "block": cfg.block_str, "model": name, "checkpoint": ckpt,
                 "flops": r, "calib": args.calib, "method": args.method, "out": str(out),
                 "exclude": list(args.exclude), "data": args.data, "seed": args.seed,
-                "kappa": args.kappa, "smooth": args.smooth, "batch_size": args.batch_size}
+                "kappa": args.kappa, "smooth": args.smooth, "batch_size": args.batch_size,
+                **opts.record()}
     meta = {"model": name, "model_source": source, "checkpoint": ckpt,
             "data": str(Path(args.data).resolve()) if args.data else None, "seed": args.seed,
             "exclude": list(args.exclude), "args": resolved}
@@ -329,7 +360,8 @@ def summary_text(alloc: Any, cfg: Any, out: Path) -> str:
     lam = "-" if alloc.lam is None else f"{alloc.lam:.4g}"
     lines = [
         f"allocated {alloc.model} with {alloc.method}, block {alloc.block_k}x{alloc.block_n}, "
-        f"{alloc.n_samples} calibration images (labels: {alloc.labels})",
+        f"{alloc.n_samples} calibration images ({alloc.options.describe()}; labels: "
+        f"{alloc.labels})",
         f"  FLOPs  {t['flops'] / 1e9:.4g} G of {t['dense_flops'] / 1e9:.4g} G: ratio "
         f"{t['flops_ratio']:.4f} (target {alloc.flops_target:g})   params "
         f"{t['params'] / 1e6:.4g} M of {t['dense_params'] / 1e6:.4g} M",
