@@ -1,8 +1,9 @@
 """Accuracy study: the allocator's methods at equal FLOPs on the embedded model.
 
-For every block size and seed, one calibration pass (the seed chooses the calibration images)
-feeds :func:`lsp_codesign.allocator.allocate_from_calibration` for every method (``lsp``,
-``beta0``, ``uniform``, ``global``) and FLOPs target. Each allocation's masks are applied to the
+For every block size and seed, one calibration pass with the allocator's default curves (the
+seed chooses the calibration images) feeds :func:`lsp_codesign.allocator.allocate_from_calibration`
+for every method (``lsp``, ``beta0``, ``uniform``, ``global``) and FLOPs target; a second pass
+with the paper's curves (empirical Fisher, first-order term, Taylor score) feeds ``lsp-paper``. Each allocation's masks are applied to the
 dense ``vit-mnist`` model and measured on the full MNIST test set:
 
 - top-1 right after pruning, and the output distortion: the mean KL divergence of the pruned
@@ -16,7 +17,7 @@ Results over the seeds are reported as mean +- sample std. Outputs:
 ``bench/results/accuracy_study.png`` and a markdown table on stdout. Partial results are kept
 in ``accuracy_study.json.tmp`` so an interrupted study resumes where it stopped.
 
-Run from the repository root (about an hour on one core)::
+Run from the repository root (about two hours on one core with 5 seeds)::
 
     nice -n 5 .venv/bin/python bench/accuracy_study.py
 
@@ -39,9 +40,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("lsp", "beta0", "uniform", "global")
-BASELINES = ("beta0", "uniform", "global")
-LABELS = {"lsp": "LSP", "beta0": "LSP, beta=0", "uniform": "uniform", "global": "global"}
+METHODS = ("lsp", "beta0", "uniform", "global", "lsp-paper")
+BASELINES = ("beta0", "uniform", "global", "lsp-paper")
+LABELS = {"lsp": "LSP", "beta0": "LSP, beta=0", "uniform": "uniform", "global": "global",
+          "lsp-paper": "LSP, empirical Fisher (paper)"}
+# "lsp-paper" is the allocator's lsp method on the paper-faithful curves: the empirical Fisher
+# (the data set's labels), the first-order term and the first-order Taylor block score
+PAPER = {"curvature": "empirical", "first_order": "on", "score": "taylor"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
     p.add_argument("--blocks", nargs="+", default=["8x8", "16x16"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--calib", type=int, default=1024, help="calibration images per seed")
     p.add_argument("--epochs", type=int, default=1, help="finetune epochs")
     p.add_argument("--lr", type=float, default=None, help="finetune lr (default: the model's)")
@@ -83,16 +88,18 @@ def _key(block: str, seed: int, target: float, method: str) -> str:
     return f"{block}|{seed}|{target:g}|{method}"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample std and the worst (lowest) value."""
     if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+        return float("nan"), float("nan"), float("nan")
+    return (statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0),
+            min(values))
 
 
 def run_study(args: argparse.Namespace) -> dict:
     import torch
 
-    from lsp_codesign.allocator import allocate_from_calibration, calibrate
+    from lsp_codesign.allocator import CurvatureOptions, allocate_from_calibration, calibrate
     from lsp_codesign.config import load_config
     from lsp_codesign.finetune import apply_masks, element_masks, evaluate_models, train
     from models import DEFAULT_MODEL, create_model, embedded_metadata, model_info
@@ -116,6 +123,8 @@ def run_study(args: argparse.Namespace) -> dict:
             "5% warmup, cosine", "augment": "random shift <= 2 px",
             "train_images": args.train_images or 60000},
         "test_images": dense_eval["total"], "threads": args.threads,
+        "curves": CurvatureOptions.resolve().record(),
+        "paper_curves": CurvatureOptions.resolve(**PAPER).record(),
         "dense_checkpoint_sha256": embedded_metadata()["sha256"],
         "torch": torch.__version__,
     }
@@ -137,13 +146,19 @@ def run_study(args: argparse.Namespace) -> dict:
             if not todo:
                 continue
             loader = calibration_loader(name, args.calib, seed, batch_size=64)
-            t0 = time.perf_counter()
-            calib = calibrate(dense, loader, block_k=cfg.block_k, block_n=cfg.block_n,
-                              progress=False, total=args.calib, model_name=name)
-            calib_s = time.perf_counter() - t0
+            calibs, calib_s = {}, {}
+            for kind in sorted({"paper" if m == "lsp-paper" else "default" for _, m in todo}):
+                opts = CurvatureOptions.resolve(**(PAPER if kind == "paper" else {}))
+                t0 = time.perf_counter()
+                calibs[kind] = calibrate(dense, loader, block_k=cfg.block_k,
+                                         block_n=cfg.block_n, options=opts, seed=seed,
+                                         progress=False, total=args.calib, model_name=name)
+                calib_s[kind] = time.perf_counter() - t0
             for target, method in todo:
-                alloc = allocate_from_calibration(calib, cfg, flops_target=target,
-                                                  method=method)
+                kind = "paper" if method == "lsp-paper" else "default"
+                alloc = allocate_from_calibration(
+                    calibs[kind], cfg, flops_target=target,
+                    method="lsp" if method == "lsp-paper" else method)
                 tot = alloc.totals()
                 model = copy.deepcopy(dense)
                 em = element_masks(model, alloc.masks)
@@ -152,7 +167,8 @@ def run_study(args: argparse.Namespace) -> dict:
                        "flops_ratio": tot["flops_ratio"], "params_ratio": tot["params_ratio"],
                        "energy_ratio": tot["energy_ratio"], "speedup": tot["speedup"],
                        "kept_blocks": tot["kept_blocks"], "total_blocks": tot["total_blocks"],
-                       "beta": alloc.beta, "calib_seconds": round(calib_s, 2),
+                       "beta": alloc.beta, "calib_seconds": round(calib_s[kind], 2),
+                       "curves": alloc.options.record(),
                        "kept_fraction_by_kind": alloc.kept_fraction_by_kind()}
                 ev = evaluate_models({"dense": dense, "pruned": model}, test,
                                      reference="dense", progress=False)["pruned"]
@@ -215,6 +231,8 @@ def summarise(study: dict) -> dict:
                                "lsp_std": row["lsp"][f"{st}_top1"][1],
                                "best_baseline": best, "best_baseline_top1": others[best],
                                "best_baseline_std": row[best][f"{st}_top1"][1],
+                               "lsp_worst_seed": row["lsp"][f"{st}_top1"][2],
+                               "best_baseline_worst_seed": row[best][f"{st}_top1"][2],
                                "margin_points": margin, "lsp_at_or_above": margin >= 0,
                                "beyond_seed_std": abs(margin) > noise})
     dense = 100 * study["dense"]["top1"]
@@ -235,16 +253,20 @@ def markdown_table(study: dict, summ: dict) -> str:
     ft = s["finetune"] is not None
     dense = 100 * study["dense"]["top1"]
     n = len(s["seeds"])
-    head = ["block", "FLOPs target", "method", "FLOPs kept", "top-1 pruned %", "KL pruned"]
+    head = ["block", "FLOPs target", "method", "FLOPs kept", "top-1 pruned % (worst)",
+            "KL pruned"]
     if ft:
-        head += ["top-1 finetuned %", "KL finetuned"]
+        head += ["top-1 finetuned % (worst)", "KL finetuned"]
     lines = [f"Dense vit-mnist: **{dense:.2f}%** top-1 on {study['dense']['total']} MNIST test "
-             f"images. Mean ± std over {n} seed{'s' if n > 1 else ''}; best top-1 per "
-             "setting in bold.", "",
+             f"images. Mean ± std over {n} seed{'s' if n > 1 else ''} (worst seed in "
+             "brackets); best mean top-1 per setting in bold.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
 
     def fmt(ms, digits=2):
         return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+    def fmt_worst(ms):
+        return f"{ms[0]:.2f} ± {ms[1]:.2f} ({ms[2]:.2f})"
 
     for row in summ["summary"]:
         best = {st: max(row[m][f"{st}_top1"][0] for m in s["methods"])
@@ -254,7 +276,7 @@ def markdown_table(study: dict, summ: dict) -> str:
             cells = [row["block"], f"{row['target']:g}", LABELS[method],
                      f"{e['flops_ratio']:.3f}"]
             for st in (["pruned", "finetuned"] if ft else ["pruned"]):
-                top = fmt(e[f"{st}_top1"])
+                top = fmt_worst(e[f"{st}_top1"])
                 cells += [f"**{top}**" if e[f"{st}_top1"][0] == best[st] else top,
                           fmt(e[f"{st}_kl"], 3)]
             lines.append("| " + " | ".join(cells) + " |")
@@ -291,7 +313,7 @@ def plot(study: dict, summ: dict, path: Path) -> None:
                              figsize=(4.2 * len(cols), 3.4 * len(s["blocks"])))
     dense = 100 * study["dense"]["top1"]
     styles = {"lsp": ("C3", "o"), "beta0": ("C1", "s"), "uniform": ("C0", "^"),
-              "global": ("C2", "D")}
+              "global": ("C2", "D"), "lsp-paper": ("C4", "v")}
     for i, block in enumerate(s["blocks"]):
         rows = [r for r in summ["summary"] if r["block"] == block]
         for j, (st, metric) in enumerate(cols):
@@ -300,7 +322,7 @@ def plot(study: dict, summ: dict, path: Path) -> None:
                 xs = [r[method]["flops_ratio"] for r in rows]
                 ms = [r[method][f"{st}_{metric}"] for r in rows]
                 color, marker = styles[method]
-                ax.errorbar(xs, [m for m, _ in ms], yerr=[sd for _, sd in ms], color=color,
+                ax.errorbar(xs, [m[0] for m in ms], yerr=[m[1] for m in ms], color=color,
                             marker=marker, capsize=3, label=LABELS[method], lw=1.5, ms=5)
             if metric == "top1":
                 ax.axhline(dense, color="k", ls="--", lw=1, label=f"dense {dense:.2f}%")

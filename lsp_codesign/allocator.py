@@ -2,8 +2,8 @@
 
 The implementation lives in the :mod:`lsp_codesign.alloc` package: options and defaults
 (``options``), numerics (``numerics``), layer selection (``layers``), the calibration pass
-(``calibrate``), per-layer curves (``curves``), the search (``search``), result types
-(``result``) and the end-to-end functions (``allocate``).
+(``calibration``), per-layer curves (``curves``), the search (``search``), result types
+(``result``) and the end-to-end functions (``pipeline``).
 """
 
 from .alloc import *  # noqa: F401,F403

@@ -3,7 +3,7 @@
 For every prunable linear layer ``i`` (weight ``W`` of shape ``(K, N)``, blocks ``BK x BN``) and
 calibration images ``n = 1..N`` (``docs/allocator.md``):
 
-1. **Calibration** (:mod:`.calibrate`): one forward pass and one backward pass per curvature
+1. **Calibration** (:mod:`.calibration`): one forward pass and one backward pass per curvature
    sample collect the per-sample block sums ``s[n, b] = <g_{n,b}, W_b>``, where ``g_n`` is the
    per-sample gradient the chosen :class:`Curvature` defines (the model's own sampled labels
    for ``fisher``, the default), and the mean loss gradient ``gbar`` when it is needed.
@@ -22,8 +22,8 @@ Baselines use the same search (:class:`Method`): ``beta0``, ``uniform`` and ``gl
 torch is imported inside the functions that need it; the numerics are numpy.
 """
 
-from .allocate import allocate, allocate_from_calibration
-from .calibrate import Calibration, LayerStats, calibrate
+from .pipeline import allocate, allocate_from_calibration
+from .calibration import Calibration, LayerStats, calibrate
 from .curves import LayerCurve, block_scores, layer_curve
 from .layers import check_reachable, select_layers
 from .numerics import (block_reduce, distortion_curve, ema_smooth, fd_weights,

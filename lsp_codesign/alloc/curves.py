@@ -10,7 +10,7 @@ from ..config import HwConfig
 from ..cycle_model import layer_curves
 from ..packing import BlockGrid
 from ..vit_shapes import GemmShape
-from .calibrate import LayerStats
+from .calibration import LayerStats
 from .numerics import (block_reduce, distortion_curve, ema_smooth, single_block_delta,
                        slope_5pt)
 from .options import DEFAULT_KAPPA, DEFAULT_SMOOTH, AllocError, CurvatureOptions, Score
@@ -96,7 +96,7 @@ def layer_curve(stats: LayerStats, cfg: HwConfig, *, kappa: float = DEFAULT_KAPP
     Parameters
     ----------
     stats : LayerStats
-        From :func:`~lsp_codesign.alloc.calibrate.calibrate`.
+        From :func:`~lsp_codesign.alloc.calibration.calibrate`.
     cfg : HwConfig
         Hardware config (its block must be the calibration's block).
     kappa : float

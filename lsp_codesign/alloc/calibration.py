@@ -118,7 +118,8 @@ class _Collector:
     """Hooks of one linear layer: per-sample block sums and the gradient sum, in chunks."""
 
     def __init__(self, shape: GemmShape, module: Any, block_k: int, block_n: int,
-                 chunk_bytes: int, clock: list[float], phase: list[str]) -> None:
+                 chunk_bytes: int, clock: list[float], phase: list[str],
+                 workspace: "_Workspace") -> None:
         self.shape = shape
         self.grid = BlockGrid(shape.k, shape.n, block_k, block_n)
         self.weight = module.weight.detach()
@@ -128,6 +129,7 @@ class _Collector:
         self.chunk = max(1, chunk_bytes // max(1, 2 * shape.k * shape.n * elem))
         self.clock = clock
         self.phase = phase
+        self.workspace = workspace
 
     def forward_hook(self, module: Any, inputs: tuple, output: Any) -> None:
         x = inputs[0].detach()
@@ -164,15 +166,39 @@ class _Collector:
         g, k, n = self.grid, self.shape.k, self.shape.n
         with torch.no_grad():
             for lo in range(0, d3.shape[0], self.chunk):
-                gn = torch.bmm(d3[lo:lo + self.chunk].transpose(1, 2), x3[lo:lo + self.chunk])
+                dc, xc = d3[lo:lo + self.chunk], x3[lo:lo + self.chunk]
+                c = dc.shape[0]
+                # the per-sample gradients go into one reused buffer: a fresh c x K x N tensor
+                # per chunk costs as much again as the products (page faults, zeroing)
+                gn = self.workspace.take((c, k, n), dc.dtype, dc.device)
+                torch.bmm(dc.transpose(1, 2), xc, out=gn)
                 if with_grad:
                     self._add_grad(gn.sum(dim=0, dtype=torch.float64))
                 gn.mul_(self.weight)
                 if (g.k_pad, g.n_pad) != (k, n):
                     gn = F.pad(gn, (0, g.n_pad - n, 0, g.k_pad - k))
-                c = gn.shape[0]
-                s = gn.view(c, g.kb, g.block_k, g.nb, g.block_n).sum(dim=(2, 4))
+                # within-block columns first (contiguous), then the block's rows
+                s = gn.view(c, g.k_pad, g.nb, g.block_n).sum(dim=3)
+                s = s.view(c, g.kb, g.block_k, g.nb).sum(dim=2)
                 self.sums.append(s.reshape(c, g.n_blocks))
+
+
+class _Workspace:
+    """One flat buffer shared by the collectors (their hooks run one at a time)."""
+
+    def __init__(self) -> None:
+        self.buf = None
+
+    def take(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+        import math
+
+        numel = math.prod(shape)
+        b = self.buf
+        if b is None or b.numel() < numel or b.dtype != dtype or b.device != device:
+            import torch
+
+            self.buf = b = torch.empty(numel, dtype=dtype, device=device)
+        return b[:numel].view(shape)
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any]:
@@ -287,10 +313,10 @@ def calibrate(model: Any, loader: Iterable[Any], *, block_k: int, block_n: int,
     count = count_model(model, model_name)
     prunable, excluded = select_layers(count, block_k, block_n, exclude)
     modules = dict(model.named_modules())
-    clock, phase = [0.0], [_SUMS]
+    clock, phase, ws = [0.0], [_SUMS], _Workspace()
     chunk_bytes = int(chunk_mib * 2 ** 20)
-    cols = {g.name: _Collector(g, modules[g.name], block_k, block_n, chunk_bytes, clock, phase)
-            for g in prunable}
+    cols = {g.name: _Collector(g, modules[g.name], block_k, block_n, chunk_bytes, clock, phase,
+                               ws) for g in prunable}
     t_start = time.perf_counter()
     n_seen, label_src = _run_pass(model, loader, cols, opts, phase, micro_batch, seed,
                                   progress, total)

@@ -13,7 +13,7 @@ from ..cycle_model import estimate_layer, p_m_pj
 from ..flops import ModelCount, count_model
 from ..masks_io import MaskSet
 from ..packing import BlockGrid
-from .calibrate import Calibration, calibrate
+from .calibration import Calibration, calibrate
 from .curves import LayerCurve, layer_curve
 from .layers import check_reachable, select_layers
 from .options import (DEFAULT_CHUNK_MIB, DEFAULT_KAPPA, DEFAULT_MICRO_BATCH, DEFAULT_SMOOTH,
