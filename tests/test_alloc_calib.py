@@ -376,7 +376,7 @@ def test_taylor_score_without_the_gradient_is_a_clear_error(model, vita):
 
 def test_curvature_options_resolve_defaults_and_reject_bad_values():
     assert CurvatureOptions.resolve().record() == {
-        "curvature": "fisher", "fisher_samples": 1, "first_order": False, "score": "delta"}
+        "curvature": "ggn", "fisher_samples": 1, "first_order": False, "score": "delta"}
     assert CurvatureOptions.resolve("empirical").first_order is True
     assert CurvatureOptions.resolve("ggn").first_order is False
     assert CurvatureOptions.resolve("ggn", first_order="on").needs_gradient

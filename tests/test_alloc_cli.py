@@ -64,12 +64,11 @@ def test_allocation_json_contract(run_dir, ckpt):
     assert doc["checkpoint"] == str(ckpt.resolve())
     assert (doc["method"], doc["flops_target"], doc["block"], doc["calib"], doc["seed"]) == \
         ("lsp", 0.5, "16x16", 24, 0)
-    # the default curvature draws its labels from the model's own softmax: the data set's
-    # labels are not used
+    # the default curvature (ggn: random directions over the logits) uses no labels
     assert doc["labels"] == "unused"
     assert (doc["curvature"], doc["fisher_samples"], doc["first_order"], doc["score"]) == \
-        ("fisher", 1, False, "delta")
-    assert doc["args"]["curvature"] == "fisher"
+        ("ggn", 1, False, "delta")
+    assert doc["args"]["curvature"] == "ggn"
     assert doc["beta"] > 0 and isinstance(doc["lambda"], float)
     t = doc["totals"]
     assert t["flops"] <= 0.5 * t["dense_flops"]
@@ -288,6 +287,6 @@ def test_default_command_on_the_embedded_model(tmp_path, monkeypatch, capsys):
     assert str(run.relative_to(tmp_path)) in out
     doc = json.loads((run / "allocation.json").read_text())
     assert doc["model"] == "vit-mnist" and doc["checkpoint"] is None
-    assert doc["curvature"] == "fisher" and doc["labels"] == "unused"
+    assert doc["curvature"] == "ggn" and doc["labels"] == "unused"
     assert doc["totals"]["flops_ratio"] <= 0.5
     assert (run / "plots" / "kept_fraction.png").is_file()

@@ -5,8 +5,9 @@ calibration images ``n = 1..N`` (``docs/allocator.md``):
 
 1. **Calibration** (:mod:`.calibration`): one forward pass and one backward pass per curvature
    sample collect the per-sample block sums ``s[n, b] = <g_{n,b}, W_b>``, where ``g_n`` is the
-   per-sample gradient the chosen :class:`Curvature` defines (the model's own sampled labels
-   for ``fisher``, the default), and the mean loss gradient ``gbar`` when it is needed.
+   per-sample gradient the chosen :class:`Curvature` defines (for ``ggn``, the default, the
+   gradient of ``v^T f(x_n)`` with ``v ~ N(0, I)`` over the logits: the Gauss-Newton matrix of
+   the output distortion), and the mean loss gradient ``gbar`` when it is needed.
 2. **Curves** (:mod:`.curves`, :mod:`.numerics`): blocks are ranked by a :class:`Score` (by
    default the block's own second-order distortion) and pruned in ascending order; the
    distortion ``delta(k) = [gbar^T dW] + 1/2 dW^T (kappa I + (1/N) sum_n g_n g_n^T) dW`` is
