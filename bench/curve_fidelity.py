@@ -378,7 +378,7 @@ def main(argv=None) -> int:
         result["seconds"] = time.perf_counter() - t0
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
+        tmp.write_text(json.dumps(result, separators=(",", ":")))
         tmp.replace(args.out.with_suffix(".json"))
     print(table(result))
     plot(result, args.out.with_suffix(".png"))
