@@ -81,7 +81,7 @@ def data():
     return batches()
 
 
-PAPER = CurvatureOptions.resolve("empirical", score="taylor")
+PAPER = CurvatureOptions.resolve("empirical", first_order="on", score="taylor")
 
 
 @pytest.fixture(scope="module")
@@ -376,8 +376,8 @@ def test_taylor_score_without_the_gradient_is_a_clear_error(model, vita):
 
 def test_curvature_options_resolve_defaults_and_reject_bad_values():
     assert CurvatureOptions.resolve().record() == {
-        "curvature": "ggn", "fisher_samples": 1, "first_order": False, "score": "delta"}
-    assert CurvatureOptions.resolve("empirical").first_order is True
+        "curvature": "empirical", "fisher_samples": 1, "first_order": False, "score": "delta"}
+    assert CurvatureOptions.resolve("empirical").first_order is False
     assert CurvatureOptions.resolve("ggn").first_order is False
     assert CurvatureOptions.resolve("ggn", first_order="on").needs_gradient
     assert CurvatureOptions.resolve(score="taylor").needs_gradient

@@ -64,11 +64,10 @@ def test_allocation_json_contract(run_dir, ckpt):
     assert doc["checkpoint"] == str(ckpt.resolve())
     assert (doc["method"], doc["flops_target"], doc["block"], doc["calib"], doc["seed"]) == \
         ("lsp", 0.5, "16x16", 24, 0)
-    # the default curvature (ggn: random directions over the logits) uses no labels
-    assert doc["labels"] == "unused"
+    assert doc["labels"] == "dataset"  # MNIST labels from the registry's loader
     assert (doc["curvature"], doc["fisher_samples"], doc["first_order"], doc["score"]) == \
-        ("ggn", 1, False, "delta")
-    assert doc["args"]["curvature"] == "ggn"
+        ("empirical", 1, False, "delta")
+    assert doc["args"]["curvature"] == "empirical"
     assert doc["beta"] > 0 and isinstance(doc["lambda"], float)
     t = doc["totals"]
     assert t["flops"] <= 0.5 * t["dense_flops"]
@@ -119,11 +118,11 @@ def test_block_override_and_baseline_method(ckpt, tmp_path):
     assert load_masks(out / "masks.safetensors").block == "8x8"
 
 
-def test_paper_curvature_uses_the_data_sets_labels_and_the_first_order_term(ckpt, tmp_path):
+def test_paper_curves_and_ggn_are_recorded(ckpt, tmp_path):
     out = tmp_path / "paper"
     assert main(["allocate", "--hw", VITA, "--model", "vit-mnist", "--checkpoint", str(ckpt),
-                 "--calib", "8", "--curvature", "empirical", "--score", "taylor", "--out",
-                 str(out), "--quiet"]) == 0
+                 "--calib", "8", "--curvature", "empirical", "--first-order", "on", "--score",
+                 "taylor", "--out", str(out), "--quiet"]) == 0
     doc = json.loads((out / "allocation.json").read_text())
     assert doc["labels"] == "dataset"  # MNIST labels from the registry's loader
     assert (doc["curvature"], doc["first_order"], doc["score"]) == ("empirical", True, "taylor")
@@ -287,6 +286,6 @@ def test_default_command_on_the_embedded_model(tmp_path, monkeypatch, capsys):
     assert str(run.relative_to(tmp_path)) in out
     doc = json.loads((run / "allocation.json").read_text())
     assert doc["model"] == "vit-mnist" and doc["checkpoint"] is None
-    assert doc["curvature"] == "ggn" and doc["labels"] == "unused"
+    assert doc["curvature"] == "empirical" and doc["labels"] == "dataset"
     assert doc["totals"]["flops_ratio"] <= 0.5
     assert (run / "plots" / "kept_fraction.png").is_file()

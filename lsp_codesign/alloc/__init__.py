@@ -5,14 +5,14 @@ calibration images ``n = 1..N`` (``docs/allocator.md``):
 
 1. **Calibration** (:mod:`.calibration`): one forward pass and one backward pass per curvature
    sample collect the per-sample block sums ``s[n, b] = <g_{n,b}, W_b>``, where ``g_n`` is the
-   per-sample gradient the chosen :class:`Curvature` defines (for ``ggn``, the default, the
-   gradient of ``v^T f(x_n)`` with ``v ~ N(0, I)`` over the logits: the Gauss-Newton matrix of
-   the output distortion), and the mean loss gradient ``gbar`` when it is needed.
+   per-sample gradient the chosen :class:`Curvature` defines (by default the cross entropy's
+   gradient at the data set's label, as the paper; ``fisher`` and ``ggn`` are the alternatives),
+   and the mean loss gradient ``gbar`` when it is needed.
 2. **Curves** (:mod:`.curves`, :mod:`.numerics`): blocks are ranked by a :class:`Score` (by
    default the block's own second-order distortion) and pruned in ascending order; the
    distortion ``delta(k) = [gbar^T dW] + 1/2 dW^T (kappa I + (1/N) sum_n g_n g_n^T) dW`` is
    computed at every block count incrementally, at ``O(N)`` per block, without forming the
-   matrix. The first-order term in brackets is off by default for ``fisher``/``ggn``.
+   matrix. The first-order term in brackets is off by default.
 3. **Hardware term**: ``P_i(k)``, the layer's energy with ``k`` blocks pruned, from the
    cycle/energy model of the config; ``beta`` from the paper's Eq. 14; target slopes
    ``lambda_i = lambda + beta |dP_i/dalpha|``.

@@ -82,7 +82,7 @@ DEFAULT_KAPPA = 1e-7
 DEFAULT_SMOOTH = 0.01
 DEFAULT_CHUNK_MIB = 256
 DEFAULT_MICRO_BATCH = 16
-DEFAULT_CURVATURE = Curvature.GGN
+DEFAULT_CURVATURE = Curvature.EMPIRICAL
 DEFAULT_SCORE = Score.DELTA
 DEFAULT_SAMPLES = 1
 
@@ -91,9 +91,12 @@ DEFAULT_SAMPLES = 1
 class CurvatureOptions:
     """The curve-shaping choices, resolved (no ``None`` left).
 
-    Build with :meth:`resolve`, which applies the defaults: the first-order term is on for
-    ``empirical`` (the paper's Eq. 12) and off for ``fisher``/``ggn``, whose objective (the
-    expected output distortion of the paper's Eq. 1) has zero gradient at ``dW = 0``.
+    Build with :meth:`resolve`, which applies the defaults: the empirical curvature, the
+    ``delta`` score and no first-order term. The objective of the paper's Eq. 1 (the expected
+    output distortion) has zero gradient at ``dW = 0``; at a trained model the loss gradient
+    is small and mostly noise, and measured with every curvature the term makes the curves
+    predict the damage worse (``docs/allocator.md``, "Curvature"). The paper's reading is
+    ``resolve("empirical", first_order="on", score="taylor")``.
     """
 
     curvature: Curvature = DEFAULT_CURVATURE
@@ -110,7 +113,7 @@ class CurvatureOptions:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise AllocError(f"fisher samples must be a positive integer (1, 2, ...), got {n!r}")
         if first_order is None:
-            fo = c is Curvature.EMPIRICAL
+            fo = False
         elif isinstance(first_order, bool):
             fo = first_order
         elif first_order in ("on", "off"):

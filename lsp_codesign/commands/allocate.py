@@ -72,15 +72,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibration images in ImageFolder layout (registered models)")
     p.add_argument("--seed", type=int, default=0, help="chooses the calibration images")
     p.add_argument("--curvature", choices=CURVATURES, default=DEFAULT_CURVATURE.value,
-                   help="per-sample gradients of the second-order term: fisher (labels drawn "
-                        "from the model's own softmax), ggn (random directions over the "
-                        "logits), empirical (the data set's labels, as the paper) (default "
+                   help="per-sample gradients of the second-order term: empirical (the loss "
+                        "at the data set's labels), fisher (labels drawn from the model's own "
+                        "softmax), ggn (random directions over the logits) (default "
                         f"{DEFAULT_CURVATURE.value})")
     p.add_argument("--fisher-samples", type=_positive_int, default=1, metavar="S",
                    help="curvature samples per image for fisher/ggn (default 1)")
-    p.add_argument("--first-order", choices=("on", "off"), default=None,
-                   help="the first-order term gbar^T dW of the curves (default: on for "
-                        "empirical, off for fisher/ggn)")
+    p.add_argument("--first-order", choices=("on", "off"), default="off",
+                   help="the first-order term gbar^T dW of the curves (default off; the "
+                        "paper's reading: --curvature empirical --first-order on --score "
+                        "taylor)")
     p.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE.value,
                    help="block ranking: delta (the block's own second-order distortion) or "
                         f"taylor (the paper's mean |W * gbar|) (default {DEFAULT_SCORE.value})")
