@@ -101,7 +101,8 @@ def run_study(args: argparse.Namespace) -> dict:
 
     from lsp_codesign.allocator import CurvatureOptions, allocate_from_calibration, calibrate
     from lsp_codesign.config import load_config
-    from lsp_codesign.finetune import apply_masks, element_masks, evaluate_models, train
+    from lsp_codesign.masking import apply_masks, element_masks
+    from lsp_codesign.training import evaluate_models, train
     from models import DEFAULT_MODEL, create_model, embedded_metadata, model_info
     from models.data import calibration_loader, test_loader, train_loader
 

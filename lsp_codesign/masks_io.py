@@ -58,8 +58,24 @@ class MaskSet:
             self.masks[name] = m
 
     @property
-    def block(self) -> str:
+    def block(self) -> tuple[int, int]:
+        """``(BK, BN)``, as :attr:`lsp_codesign.config.HwConfig.block`."""
+        return (self.block_k, self.block_n)
+
+    @property
+    def block_str(self) -> str:
+        """``"BKxBN"``, as :attr:`lsp_codesign.config.HwConfig.block_str`."""
         return f"{self.block_k}x{self.block_n}"
+
+    @property
+    def kept_blocks(self) -> int:
+        """Kept blocks over all layers."""
+        return sum(int(m.sum()) for m in self.masks.values())
+
+    @property
+    def total_blocks(self) -> int:
+        """Blocks over all layers."""
+        return sum(int(m.size) for m in self.masks.values())
 
 
 def save_masks(path: str | Path, ms: MaskSet) -> None:
@@ -68,7 +84,7 @@ def save_masks(path: str | Path, ms: MaskSet) -> None:
     tensors = {name: np.ascontiguousarray(ms.masks[name].astype(np.uint8)) for name in ms.order}
     meta = {
         "format": FORMAT,
-        "block": ms.block,
+        "block": ms.block_str,
         "model": ms.model,
         "gemms": json.dumps({n: list(ms.gemms[n]) for n in ms.order}),
         "order": json.dumps(list(ms.order)),

@@ -217,15 +217,14 @@ def build_report(cfg: HwConfig, model: str, gemms: Sequence[tuple[str, int, int,
     return ModelReport(model=model, cfg=cfg, layers=layers, pruned_given=masks is not None)
 
 
-def measured_from_verify(path: str | Path) -> dict[str, dict[str, Any]]:
-    """``{layer: {"pruned": counters, "dense_cycles": int | None}}`` of the layers that passed."""
-    import json
+def measured_from_verify(record: Any) -> dict[str, dict[str, Any]]:
+    """``{layer: {"pruned": counters, "dense_cycles": int | None, "source": ...}}``.
 
-    data = json.loads(Path(path).read_text())
-    source = "ISS" if data.get("sim") == "iss" else "RTL"
-    return {lay["name"]: {"pruned": lay["counters_rtl"], "dense_cycles": lay["dense_rtl_cycles"],
-                          "source": source}
-            for lay in data.get("layers", []) if lay.get("ok")}
+    ``record`` is a :class:`lsp_codesign.rundir.VerifyRecord`; only layers that passed count.
+    """
+    return {lay.name: {"pruned": lay.counters, "dense_cycles": lay.dense_cycles,
+                       "source": record.source}
+            for lay in record.layers if lay.ok}
 
 
 def save_plots(rep: ModelReport, out_dir: str | Path) -> list[Path]:

@@ -1,37 +1,35 @@
-"""Run an allocation's masks through the engine and check it bit-exact and cycle-exact.
+"""Check an allocation's layers on the engine, bit-exact and cycle-exact.
 
-For every selected layer of a run's (pruned) model:
+Given each layer's real input activations and masked weights (captured by
+``lsp_codesign.commands.verify`` from the run's pruned model), :func:`verify_layers`
 
-1. capture the layer's real input activations by running the pruned model on a calibration
-   image (one image, so the GEMM's M is the tokens the layer sees per image, as in the
-   allocation);
-2. quantise activations and the masked weights to int8 (:mod:`lsp_codesign.quant`);
-3. pack the kept blocks and the index, compile the program (:mod:`lsp_codesign.compiler`) and
-   run it on the RTL simulator (``sim.harness.run_programs``), the dense layer too;
-4. compare the int32 outputs with numpy on the same operands, bit for bit, and every hardware
+1. quantises activations and weights to int8 (:mod:`lsp_codesign.quant`);
+2. packs the kept blocks and the index and compiles the program (:mod:`lsp_codesign.compiler`),
+   the dense layer too;
+3. runs the programs on a *runner*: the plain-Python ISS (:func:`iss_runner`) or the RTL
+   simulator, which the command layer passes in (this module never imports ``sim/``);
+4. compares the int32 outputs with numpy on the same operands, bit for bit, and every hardware
    counter with the cycle/energy model of the run's ``hw.yaml`` (the model the allocator used).
-
-torch and the simulator are imported inside the functions.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .compiler import LayerProgram, compile_layer, read_y, reference_gemm
-from .config import HwConfig, load_config
+from .config import HwConfig
 from .cycle_model import estimate_layer
 from .errors import LspError
 from .isa import COUNTERS, ERRORS
+from .masks_io import MaskSet
 from .quant import dequantize, quantize_activations, quantize_weights
 
-__all__ = ["LayerCheck", "VerifyResult", "VerifyMismatch", "verify_run", "select_layers",
-           "iss_runner", "rtl_runner", "load_run"]
+__all__ = ["LayerCheck", "VerifyResult", "VerifyMismatch", "verify_layers", "sample_layers",
+           "iss_runner", "Runner", "SIMS"]
 
 SIMS = ("verilator", "icarus", "iss")
 
@@ -165,29 +163,7 @@ class _Result:
     wall_s: float
 
 
-def rtl_runner(sim: str) -> Runner:
-    def run(cfg: HwConfig, programs: Sequence[LayerProgram], progress: bool = False) -> list:
-        try:
-            from sim.harness import run_programs
-        except ImportError as exc:
-            raise LspError(f"the RTL harness (sim.harness) is not importable: {exc}") from None
-        return run_programs(cfg, list(programs), sim=sim, progress=progress)
-    return run
-
-
-def load_run(run_dir: str | Path):
-    """The run directory (``lsp_codesign.finetune.load_run``) and its ``hw.yaml`` config."""
-    from .finetune import load_run as load_run_dir
-
-    run = load_run_dir(run_dir)
-    cfg = load_config(run.path / "hw.yaml")
-    if cfg.block != (run.masks.block_k, run.masks.block_n):
-        raise LspError(f"{run.path}: hw.yaml has block {cfg.block_str} but the masks use "
-                       f"{run.masks.block}")
-    return run, cfg
-
-
-def select_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]:
+def sample_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]:
     """``all`` or a number N of layers sampled by ``seed``, kept in model order."""
     if layers == "all":
         return list(order)
@@ -201,38 +177,6 @@ def select_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]
     return [name for i, name in enumerate(order) if i in pick]
 
 
-def _pruned_model(run):
-    """The run's model with its masks applied (finetuned weights when the run has them)."""
-    from models.registry import create_model
-
-    from .finetune import apply_masks, element_masks
-
-    ft = run.path / "finetuned.safetensors"
-    model = create_model(run.model_name, str(ft) if ft.is_file() else run.checkpoint)
-    apply_masks(model, element_masks(model, run.masks))
-    return model
-
-
-def capture_inputs(model, names: Sequence[str], image) -> dict[str, np.ndarray]:
-    """Inputs of the named linear layers for one image: ``{name: (M, N) float64}``."""
-    import torch
-
-    mods = dict(model.named_modules())
-    got: dict[str, np.ndarray] = {}
-    hooks = []
-    for name in names:
-        def hook(_mod, inp, _out, name=name):
-            got[name] = inp[0].detach().reshape(-1, inp[0].shape[-1]).double().numpy()
-        hooks.append(mods[name].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(image)
-    finally:
-        for h in hooks:
-            h.remove()
-    return got
-
-
 def _first_diff(y: np.ndarray, ref: np.ndarray, bk: int, bm: int) -> str:
     r, c = (int(v) for v in np.argwhere(y != ref)[0])
     return (f"first differing element Y[{r}, {c}] (token tile {r // bm}, block row {c // bk}): "
@@ -240,35 +184,54 @@ def _first_diff(y: np.ndarray, ref: np.ndarray, bk: int, bm: int) -> str:
             "differ")
 
 
-def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "all",
-               dense: bool = True, progress: bool = True,
-               runner: Runner | None = None) -> VerifyResult:
-    """Verify a run directory layer by layer; see the module docstring."""
-    if sim not in SIMS:
-        raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {sim!r}")
-    rd = Path(run_dir)
-    run, cfg = load_run(rd)
-    ms, seed = run.masks, int(run.allocation.get("seed", 0) or 0)
+def verify_layers(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
+                  inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray], *,
+                  runner: Runner, dense: bool = True, progress: bool = True,
+                  where: str = "") -> list[LayerCheck]:
+    """Check the named layers of a mask set on ``runner`` (the RTL or the ISS).
+
+    Parameters
+    ----------
+    cfg : HwConfig
+        The ``block_sparse`` config the allocation was priced with.
+    ms : MaskSet
+        The run's masks (shapes and kept blocks).
+    names : sequence of str
+        Layers to check, in order.
+    inputs, weights : mapping of str to numpy.ndarray
+        Per layer: the real input activations ``(M, N)`` and the masked weight ``(K, N)``, in
+        float64 (they are quantised to int8 here).
+    runner : callable
+        ``runner(cfg, programs, progress=...)`` returns one result per program (``y_words``,
+        ``counters``, ``error``, ``err_code``), as :func:`iss_runner`.
+    dense : bool
+        Also run every layer dense (for the measured speedup).
+    where : str
+        Named in compile errors (the run's ``hw.yaml``).
+    """
     if cfg.engine != "block_sparse":
-        raise LspError(f"{rd}: hw.yaml is a {cfg.engine} config; only the block_sparse engine "
-                       "has RTL to verify against")
-    names = select_layers(ms.order, layers, seed)
-    t0 = time.perf_counter()
+        raise LspError(f"{where or cfg.name}: a {cfg.engine} config; only the block_sparse "
+                       "engine has RTL to verify against")
+    cases = _compile_cases(cfg, ms, names, inputs, weights, dense, where)
+    programs = [c[6] for c in cases] + ([c[7] for c in cases] if dense else [])
+    results = runner(cfg, programs, progress=progress)
+    if len(results) != len(programs):
+        raise LspError(f"simulator returned {len(results)} results for {len(programs)} programs")
+    return [_check_case(cfg, ms, case, results[i], results[len(cases) + i] if dense else None)
+            for i, case in enumerate(cases)]
 
-    from models.data import calibration_loader
 
-    model = _pruned_model(run)
-    images, _labels = next(iter(calibration_loader(run.model_name, 1, seed, 1)))
-    inputs = capture_inputs(model, names, images)
-    mods = dict(model.named_modules())
-
+def _compile_cases(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
+                   inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
+                   dense: bool, where: str) -> list[tuple]:
+    """Quantise and compile each layer (and its dense twin)."""
     cases = []
     for name in names:
         m, n, k = ms.gemms[name]
         x = inputs[name]
         if x.shape != (m, n):
             raise LspError(f"{name}: captured input is {x.shape}, the masks say M={m}, N={n}")
-        w = mods[name].weight.detach().double().numpy()
+        w = weights[name]
         xq, xs = quantize_activations(x)
         wq, ws = quantize_weights(w)
         y_float = x @ w.T
@@ -276,51 +239,44 @@ def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "al
             prog = compile_layer(cfg, xq, wq, ms.masks[name], name=name)
             dprog = compile_layer(cfg, xq, wq, None, name=f"{name} dense") if dense else None
         except LspError as exc:
-            raise LspError(f"{exc} (config {rd / 'hw.yaml'})") from None
+            raise LspError(f"{exc} (config {where})" if where else str(exc)) from None
         cases.append((name, xq, wq, xs, ws, y_float, prog, dprog))
+    return cases
 
-    run = runner or (iss_runner if sim == "iss" else rtl_runner(sim))
-    programs = [c[6] for c in cases] + ([c[7] for c in cases] if dense else [])
-    results = run(cfg, programs, progress=progress)
-    if len(results) != len(programs):
-        raise LspError(f"simulator returned {len(results)} results for {len(programs)} programs")
 
-    checks = []
-    for i, (name, xq, wq, xs, ws, y_float, prog, dprog) in enumerate(cases):
-        m, n, k = ms.gemms[name]
-        res = results[i]
-        model_est = estimate_layer(cfg, m, n, k, ms.masks[name], name=name)
-        dense_est = estimate_layer(cfg, m, n, k, None, name=name)
-        err = None
-        if res.error:
-            err = f"engine stopped with error {ERRORS[res.err_code]} (code {res.err_code})"
-        y = read_y(cfg, prog, list(res.y_words))
-        ref = reference_gemm(xq, wq, ms.masks[name], cfg.block_k, cfg.block_n)
-        y_match = bool(np.array_equal(y, ref))
-        rtl_c = {c: int(res.counters[c]) for c in COUNTERS}
-        mod_c = {c: int(model_est.counters[c]) for c in COUNTERS}
-        diffs = [f"{c}: RTL {rtl_c[c]}, model {mod_c[c]}" for c in COUNTERS if rtl_c[c] != mod_c[c]]
-        dense_rtl = None
-        if dense:
-            dres = results[len(cases) + i]
-            dense_rtl = int(dres.counters["cycles"])
-            dref = reference_gemm(xq, wq, None, cfg.block_k, cfg.block_n)
-            dy = read_y(cfg, dprog, list(dres.y_words))
-            if not np.array_equal(dy, dref):
-                err = (err or "") + "dense run: " + _first_diff(dy, dref, cfg.block_k, cfg.tile_m)
-            if dense_rtl != dense_est.cycles:
-                diffs.append(f"dense cycles: RTL {dense_rtl}, model {dense_est.cycles}")
-        # quantisation error of the int8 layer against the float (pruned) layer, for reference
-        y_deq = dequantize(ref, xs, ws)
-        rel = float(np.abs(y_deq - y_float).max() / max(np.abs(y_float).max(), 1e-12))
-        checks.append(LayerCheck(
-            name=name, m=m, n=n, k=k, kept_blocks=model_est.kept_blocks,
-            total_blocks=model_est.total_blocks, y_match=y_match, counters_match=not diffs,
-            rtl_cycles=rtl_c["cycles"], model_cycles=mod_c["cycles"],
-            dense_rtl_cycles=dense_rtl, dense_model_cycles=dense_est.cycles,
-            counters_rtl=rtl_c, counters_model=mod_c,
-            first_diff=None if y_match else _first_diff(y, ref, cfg.block_k, cfg.tile_m),
-            counter_diffs=diffs, float_rel_err=rel, error=err))
-    return VerifyResult(run_dir=str(rd), sim=sim, config=cfg.to_dict(), layers=checks,
-                        wall_s=time.perf_counter() - t0)
+def _check_case(cfg: HwConfig, ms: MaskSet, case: tuple, res: Any, dres: Any) -> LayerCheck:
+    """The verdict of one layer from its run (and its dense run, if any)."""
+    name, xq, wq, xs, ws, y_float, prog, dprog = case
+    m, n, k = ms.gemms[name]
+    model_est = estimate_layer(cfg, m, n, k, ms.masks[name], name=name)
+    dense_est = estimate_layer(cfg, m, n, k, None, name=name)
+    err = None
+    if res.error:
+        err = f"engine stopped with error {ERRORS[res.err_code]} (code {res.err_code})"
+    y = read_y(cfg, prog, list(res.y_words))
+    ref = reference_gemm(xq, wq, ms.masks[name], cfg.block_k, cfg.block_n)
+    y_match = bool(np.array_equal(y, ref))
+    rtl_c = {c: int(res.counters[c]) for c in COUNTERS}
+    mod_c = {c: int(model_est.counters[c]) for c in COUNTERS}
+    diffs = [f"{c}: RTL {rtl_c[c]}, model {mod_c[c]}" for c in COUNTERS if rtl_c[c] != mod_c[c]]
+    dense_rtl = None
+    if dres is not None:
+        dense_rtl = int(dres.counters["cycles"])
+        dref = reference_gemm(xq, wq, None, cfg.block_k, cfg.block_n)
+        dy = read_y(cfg, dprog, list(dres.y_words))
+        if not np.array_equal(dy, dref):
+            err = (err or "") + "dense run: " + _first_diff(dy, dref, cfg.block_k, cfg.tile_m)
+        if dense_rtl != dense_est.cycles:
+            diffs.append(f"dense cycles: RTL {dense_rtl}, model {dense_est.cycles}")
+    # quantisation error of the int8 layer against the float (pruned) layer, for reference
+    y_deq = dequantize(ref, xs, ws)
+    rel = float(np.abs(y_deq - y_float).max() / max(np.abs(y_float).max(), 1e-12))
+    return LayerCheck(
+        name=name, m=m, n=n, k=k, kept_blocks=model_est.kept_blocks,
+        total_blocks=model_est.total_blocks, y_match=y_match, counters_match=not diffs,
+        rtl_cycles=rtl_c["cycles"], model_cycles=mod_c["cycles"],
+        dense_rtl_cycles=dense_rtl, dense_model_cycles=dense_est.cycles,
+        counters_rtl=rtl_c, counters_model=mod_c,
+        first_diff=None if y_match else _first_diff(y, ref, cfg.block_k, cfg.tile_m),
+        counter_diffs=diffs, float_rel_err=rel, error=err)
 

@@ -418,6 +418,37 @@ def calibration_loader(name: str, n: int, seed: int, batch_size: int = 64, *,
     return _batched_loader(ds, np.arange(n), batch_size)
 
 
+def synthetic_loader(model, n: int, seed: int, batch_size: int = 64):
+    """Seeded uniform-noise images shaped and normalised for any timm ViT ``model``.
+
+    The images are those of :func:`calibration_loader` for a registered model without a data
+    set (image ``i`` depends only on ``seed`` and ``i``); the size and channels come from the
+    model's patch embedding, mean and std from its ``pretrained_cfg`` (0.5 when absent).
+    Labels are ``None``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise DataError(f"synthetic calibration set: empty set ({n!r} images requested)")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    pe = model.patch_embed
+    chans = int(pe.proj.in_channels)
+    size = tuple(int(v) for v in pe.img_size)
+    mean = tuple(cfg.get("mean", (0.5,) * chans))[:chans]
+    std = tuple(cfg.get("std", (0.5,) * chans))[:chans]
+    return _batched_loader(_SyntheticImages(n, (chans, *size), mean, std, seed), np.arange(n),
+                           batch_size)
+
+
+def calibration_data(name: str, source: str, model, n: int, seed: int, batch_size: int,
+                     folder: str | os.PathLike | None = None):
+    """Calibration images for ``allocate``: :func:`calibration_loader` for a registered model
+    (``source == "registry"``), :func:`synthetic_loader` for another timm model."""
+    if source == "registry":
+        return calibration_loader(name, n, seed, batch_size, folder=folder)
+    if folder is not None:
+        raise DataError(f"--data needs a registered model; {name!r} is a plain timm model")
+    return synthetic_loader(model, n, seed, batch_size)
+
+
 def train_loader(name: str, n: int | None = None, seed: int = 0, batch_size: int = 128, *,
                  augment: bool = True, folder: str | os.PathLike | None = None):
     """Labelled training images for finetuning, reshuffled every epoch.

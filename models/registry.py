@@ -38,6 +38,7 @@ __all__ = [
     "list_models",
     "model_info",
     "create_model",
+    "build_model",
     "load_checkpoint",
     "save_checkpoint",
     "default_checkpoint",
@@ -221,6 +222,41 @@ def create_model(name: str, checkpoint: str | os.PathLike | None = None, *,
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, model_name=name)
     return model.eval()
+
+
+def build_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[Any, str]:
+    """A registered model, or any other timm ViT by name; returns ``(model, source)``.
+
+    ``source`` is ``"registry"`` for a registered name (:func:`create_model`), ``"timm"`` for
+    another timm model: random weights unless ``checkpoint`` (loaded by
+    :func:`load_checkpoint`). The model is in eval mode.
+
+    Raises
+    ------
+    UnknownModelError
+        Neither registered nor a timm model; the message suggests close names.
+    CheckpointError
+        As :func:`load_checkpoint`.
+    """
+    if name in _SPECS:
+        return create_model(name, checkpoint), "registry"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import timm
+
+    if not timm.is_model(name):
+        import difflib
+
+        pool = list(dict.fromkeys(list_models() + timm.list_models("deit*")
+                                  + timm.list_models("*vit*")))
+        close = ([n for n in pool if n.startswith(name)][:3]
+                 or difflib.get_close_matches(name, pool, n=3))
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r} (registered: "
+                                f"{', '.join(list_models())}; or any timm ViT name){hint}")
+    model = timm.create_model(name, pretrained=False)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, model_name=name)
+    return model.eval(), "timm"
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:

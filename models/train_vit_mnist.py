@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
     import torch
 
-    from lsp_codesign.finetune import evaluate_models, train
+    from lsp_codesign.training import evaluate_models, train
     from models.data import test_loader, train_loader
     from models.registry import DEFAULT_MODEL, VIT_MNIST_KWARGS, create_model, save_checkpoint
 

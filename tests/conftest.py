@@ -26,3 +26,20 @@ def tpu():
     from lsp_codesign.config import load_config
 
     return load_config(CONFIGS / "tpu_v3.yaml")
+
+
+def write_test_run(path, masks, *, checkpoint=None, seed=0, data=None, method="random-test",
+                   flops_target=None, cfg=None):
+    """A run directory for ``masks`` written through :mod:`lsp_codesign.rundir` (not by the
+    allocator): allocation.json with the fields the commands read, the masks, and ``cfg``
+    (default: configs/vita.yaml with the masks' block) as hw.yaml."""
+    from lsp_codesign.config import load_config
+    from lsp_codesign.rundir import write_run
+
+    if cfg is None:
+        cfg = load_config(CONFIGS / "vita.yaml", block=masks.block_str)
+    doc = {"model": masks.model, "checkpoint": None if checkpoint is None else str(checkpoint),
+           "data": None if data is None else str(data), "method": method,
+           "flops_target": flops_target, "block": masks.block_str, "seed": seed,
+           "hw": {"name": cfg.name, "config_hash": cfg.config_hash()}}
+    return write_run(path, doc, masks, cfg)

@@ -85,7 +85,7 @@ def test_allocation_json_contract(run_dir, ckpt):
 def test_masks_and_config_agree_with_the_json(run_dir):
     doc = json.loads((run_dir / "allocation.json").read_text())
     ms = load_masks(run_dir / "masks.safetensors")
-    assert ms.model == "vit-mnist" and ms.block == "16x16"
+    assert ms.model == "vit-mnist" and ms.block == (16, 16)
     assert list(ms.order) == doc["order"]
     for name, e in doc["layers"].items():
         assert int(ms.masks[name].sum()) == e["kept_blocks"]
@@ -100,9 +100,9 @@ def test_masks_and_config_agree_with_the_json(run_dir):
 def test_report_and_finetune_read_the_run_directory(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert "blocks.0.attn.qkv" in capsys.readouterr().out
-    from lsp_codesign.finetune import load_run
+    from lsp_codesign.rundir import read_run
 
-    run = load_run(run_dir)
+    run = read_run(run_dir, need_hw=True)
     assert run.model_name == "vit-mnist" and run.masks.order[0] == "blocks.0.attn.qkv"
 
 
@@ -115,7 +115,7 @@ def test_block_override_and_baseline_method(ckpt, tmp_path):
     assert doc["block"] == "8x8" and doc["method"] == "uniform" and doc["beta"] is None
     assert doc["layers"]["head"]["excluded"] and doc["exclude"] == ["head"]
     assert load_config(out / "hw.yaml").block_str == "8x8"
-    assert load_masks(out / "masks.safetensors").block == "8x8"
+    assert load_masks(out / "masks.safetensors").block_str == "8x8"
 
 
 def test_paper_curves_and_ggn_are_recorded(ckpt, tmp_path):
@@ -177,29 +177,28 @@ def test_plain_timm_model_with_synthetic_images(tmp_path, capsys):
     assert doc["labels"] == "model" and doc["checkpoint"] is None
 
 
-def test_default_model_comes_from_the_registry(monkeypatch):
+def test_default_model_comes_from_the_registry():
     from models import registry
 
     assert cmd.default_model_name() == registry.DEFAULT_MODEL
-    monkeypatch.setattr(cmd, "_registry", lambda: None)
-    assert cmd.default_model_name() == cmd.FALLBACK_MODEL
 
 
-def test_checkpoint_loading_without_the_registry(monkeypatch, tmp_path):
+def test_plain_timm_model_with_a_checkpoint(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    monkeypatch.setattr(cmd, "_registry", lambda: None)
+    from models.registry import CheckpointError, build_model
+
     m = timm.create_model("test_vit", pretrained=False)
     p = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
-    got, src = cmd.build_model("test_vit", str(p))
+    got, src = build_model("test_vit", str(p))
     assert src == "timm"
     assert torch.equal(got.state_dict()["head.weight"], m.state_dict()["head.weight"])
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(Exception, match="cannot be loaded safely"):
-        cmd.build_model("test_vit", str(bad))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        build_model("test_vit", str(bad))
 
 
 class Unsafe:

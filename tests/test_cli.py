@@ -9,7 +9,7 @@ import pytest
 
 from lsp_codesign.cli import main
 from lsp_codesign.masks_io import MaskSet, load_masks, save_masks
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, write_test_run
 
 VITA = str(CONFIGS / "vita.yaml")
 TPU = str(CONFIGS / "tpu_v3.yaml")
@@ -78,7 +78,7 @@ def test_masks_file_round_trip(tmp_path):
     ms = _maskset()
     save_masks(tmp_path / "m.safetensors", ms)
     back = load_masks(tmp_path / "m.safetensors")
-    assert back.order == ms.order and back.gemms == ms.gemms and back.block == "16x16"
+    assert back.order == ms.order and back.gemms == ms.gemms and back.block == (16, 16)
     for n in ms.order:
         np.testing.assert_array_equal(back.masks[n], ms.masks[n])
 
@@ -99,10 +99,7 @@ def test_masks_file_errors(tmp_path):
 
 
 def test_report_of_a_run_directory(capsys, tmp_path, vita):
-    rd = tmp_path / "run"
-    rd.mkdir()
-    save_masks(rd / "masks.safetensors", _maskset())
-    (rd / "hw.yaml").write_text(vita.to_yaml())
+    rd = write_test_run(tmp_path / "run", _maskset(), cfg=vita)
     rc, out, _ = run(capsys, "report", str(rd), "--format", "markdown", "--out", str(rd / "r"))
     assert rc == 0
     assert "| blocks.0.attn.qkv | 17x64->192 |" in out and "**TOTAL**" in out

@@ -14,20 +14,15 @@ import torch
 from safetensors.numpy import load_file as load_numpy
 
 from lsp_codesign.cli import main
-from lsp_codesign.finetune import (
-    FinetuneError,
-    apply_masks,
-    check_masked,
-    element_masks,
-    evaluate_models,
-    load_run,
-    train,
-)
-from lsp_codesign.masks_io import MaskSet, load_masks, save_masks
+from lsp_codesign.masking import FinetuneError, apply_masks, check_masked, element_masks
+from lsp_codesign.masks_io import MaskSet, load_masks
 from lsp_codesign.packing import expand_mask
+from lsp_codesign.rundir import read_run
+from lsp_codesign.training import evaluate_models, train
 from lsp_codesign.vit_shapes import module_vit_shapes
 from models import DEFAULT_MODEL, create_model, save_checkpoint
 from models.data import test_loader, train_loader
+from tests.conftest import write_test_run
 
 pytestmark = pytest.mark.torch
 
@@ -57,15 +52,9 @@ def random_masks(model, name: str, block: tuple[int, int], keep: float, seed: in
 
 
 def make_run(path, *, model=DEFAULT_MODEL, checkpoint=None, block=(16, 16), keep=0.5, seed=0):
-    path.mkdir(parents=True)
     net = create_model(model, checkpoint, pretrained_default=True)
     ms = random_masks(net, model, block, keep, seed)
-    save_masks(path / "masks.safetensors", ms)
-    alloc = {"model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
-             "method": "random-test", "flops_target": keep, "block": f"{block[0]}x{block[1]}",
-             "seed": seed}
-    (path / "allocation.json").write_text(json.dumps(alloc))
-    return path
+    return write_test_run(path, ms, checkpoint=checkpoint, seed=seed, flops_target=keep)
 
 
 @pytest.fixture(scope="module")
@@ -278,13 +267,9 @@ def test_broken_run_dirs_are_one_line_errors(tmp_path, capsys, breakage, message
 
 def test_deit_run_needs_images(tmp_path, capsys):
     run = tmp_path / "deit"
-    run.mkdir()
     net = create_model("deit_tiny_patch16_224")
-    save_masks(run / "masks.safetensors",
-               random_masks(net, "deit_tiny_patch16_224", (32, 32), 0.5, 0))
-    (run / "allocation.json").write_text(json.dumps({"model": "deit_tiny_patch16_224",
-                                                     "checkpoint": None}))
-    assert load_run(run).model_name == "deit_tiny_patch16_224"
+    write_test_run(run, random_masks(net, "deit_tiny_patch16_224", (32, 32), 0.5, 0))
+    assert read_run(run).model_name == "deit_tiny_patch16_224"
     assert main(["finetune", str(run), "--no-progress"]) == 2
     assert "no bundled training images" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--no-progress"]) == 2
@@ -298,9 +283,11 @@ def test_relative_checkpoint_is_found_in_the_run_dir(tmp_path):
     alloc = json.loads((run / "allocation.json").read_text())
     alloc["checkpoint"] = "dense.safetensors"
     (run / "allocation.json").write_text(json.dumps(alloc))
-    r = load_run(run)
+    r = read_run(run)
     assert r.checkpoint == str(run / "dense.safetensors")
-    assert torch.equal(r.dense_model().head.weight, src.head.weight)
+    from lsp_codesign.commands._runs import dense_model
+
+    assert torch.equal(dense_model(r).head.weight, src.head.weight)
 
 
 def test_deit_run_with_an_imagenet_style_folder(tmp_path, capsys):
@@ -315,14 +302,10 @@ def test_deit_run_with_an_imagenet_style_folder(tmp_path, capsys):
             data / f"n{c:08d}" / "img.png")
     name = "deit_tiny_patch16_224"
     run = tmp_path / "run"
-    run.mkdir()
     ckpt = tmp_path / "deit_tiny.safetensors"
     save_checkpoint(create_model(name), ckpt, model_name=name)
-    save_masks(run / "masks.safetensors",
-               random_masks(create_model(name, ckpt), name, (32, 32), 0.5, 0))
-    (run / "allocation.json").write_text(json.dumps(
-        {"model": name, "checkpoint": str(ckpt), "data": str(data), "method": "random-test",
-         "flops_target": 0.5, "block": "32x32", "seed": 0}))
+    write_test_run(run, random_masks(create_model(name, ckpt), name, (32, 32), 0.5, 0),
+                   checkpoint=ckpt, data=data, flops_target=0.5)
     assert main(["finetune", str(run), "--train-images", "4", "--batch-size", "2",
                  "--no-progress"]) == 0
     rec = json.loads((run / "finetune.json").read_text())

@@ -241,7 +241,7 @@ def test_committed_checkpoint_matches_its_record():
 
 
 def test_committed_checkpoint_reaches_recorded_accuracy(vit_mnist):
-    from lsp_codesign.finetune import evaluate_models
+    from lsp_codesign.training import evaluate_models
     from models.data import test_loader
 
     meta = models.embedded_metadata()

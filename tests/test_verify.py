@@ -15,7 +15,8 @@ import pytest
 from lsp_codesign.cli import main
 from lsp_codesign.errors import LspError
 from lsp_codesign.quant import dequantize, quantize_activations, quantize_weights
-from lsp_codesign.verify import iss_runner, select_layers, verify_run
+from lsp_codesign.commands.verify import verify_run
+from lsp_codesign.verify import iss_runner, sample_layers
 
 pytestmark = pytest.mark.torch
 
@@ -25,15 +26,16 @@ def make_run(rd, block="16x16", p=0.5, seed=0):
     import torch
 
     from lsp_codesign.config import load_config
-    from lsp_codesign.masks_io import MaskSet, save_masks
+    from lsp_codesign.masks_io import MaskSet
     from lsp_codesign.vit_shapes import module_vit_shapes
     from models.registry import create_model, save_checkpoint
-    from tests.conftest import CONFIGS
+    from tests.conftest import CONFIGS, write_test_run
 
-    rd.mkdir(parents=True)
+    rd.parent.mkdir(parents=True, exist_ok=True)
+    weights = rd.parent / f"{rd.name}-weights.safetensors"
     torch.manual_seed(seed)
     model = create_model("vit-mnist", pretrained_default=False)
-    save_checkpoint(model, rd / "weights.safetensors", model_name="vit-mnist")
+    save_checkpoint(model, weights, model_name="vit-mnist")
     cfg = load_config(CONFIGS / "vita.yaml", block=block)
     shapes = module_vit_shapes(model, "vit-mnist")
     rng = np.random.default_rng(seed)
@@ -42,12 +44,8 @@ def make_run(rd, block="16x16", p=0.5, seed=0):
              for s in shapes}
     masks["blocks.1.mlp.fc1"][:] = False          # an all-pruned layer
     masks["blocks.0.attn.qkv"][1] = False          # an all-pruned block row
-    save_masks(rd / "masks.safetensors",
-               MaskSet("vit-mnist", cfg.block_k, cfg.block_n, tuple(gemms), gemms, masks))
-    (rd / "hw.yaml").write_text(cfg.to_yaml())
-    (rd / "allocation.json").write_text(json.dumps(
-        {"model": "vit-mnist", "checkpoint": str(rd / "weights.safetensors"), "seed": seed}))
-    return rd
+    ms = MaskSet("vit-mnist", cfg.block_k, cfg.block_n, tuple(gemms), gemms, masks)
+    return write_test_run(rd, ms, checkpoint=weights, seed=seed, cfg=cfg)
 
 
 def test_quantisation_scheme():
@@ -99,7 +97,7 @@ def test_mismatches_are_caught_and_named(tmp_path):
 
 def test_cli_exit_status_on_mismatch(tmp_path, monkeypatch, capsys):
     rd = make_run(tmp_path / "run", block="8x8", p=0.3, seed=1)
-    import lsp_codesign.verify as v
+    import lsp_codesign.commands.verify as v
 
     def bad(cfg, programs, progress=False):
         res = iss_runner(cfg, programs)
@@ -120,10 +118,10 @@ def test_bad_inputs(tmp_path, capsys):
     with pytest.raises(LspError, match="hw.yaml has block 8x8 but the masks use 16x16"):
         verify_run(rd, sim="iss")
     with pytest.raises(LspError, match="--layers: expected 'all' or a positive number"):
-        select_layers(["a", "b"], "some")
+        sample_layers(["a", "b"], "some")
     with pytest.raises(LspError, match="--layers: 3 is not between 1 and the 2 layers"):
-        select_layers(["a", "b"], "3")
-    assert select_layers(["a", "b", "c", "d"], "2", seed=1) == select_layers(
+        sample_layers(["a", "b"], "3")
+    assert sample_layers(["a", "b", "c", "d"], "2", seed=1) == sample_layers(
         ["a", "b", "c", "d"], "2", seed=1)
 
 

@@ -9,8 +9,10 @@ The run directory (built under a temporary name and renamed into place only when
     curves.npz          per-layer distortion, smoothed distortion, slope, order, energy, FLOPs
     plots/              kept_fraction.png (Fig. 3), delta_curves.png, masks.png (Fig. 4)
 
-Models resolve through the project's registry (``models.registry``: the embedded default and
-DeiT); another timm ViT name gives a model with random weights and synthetic calibration images.
+Models resolve through the project's registry (``models.registry.build_model``: the embedded
+default and DeiT); another timm ViT name gives a model with random weights and synthetic
+calibration images (``models.data.calibration_data``). The directory is written by
+:func:`lsp_codesign.rundir.write_allocation`.
 """
 
 from __future__ import annotations
@@ -24,20 +26,17 @@ from ..allocator import (CURVATURES, DEFAULT_CURVATURE, DEFAULT_KAPPA, DEFAULT_M
                          DEFAULT_SCORE, DEFAULT_SMOOTH, METHODS, SCORES, AllocError,
                          CurvatureOptions, check_flops_target)
 from ..errors import LspError
-from ..rundir import atomic_dir, write_json
+from ..rundir import write_allocation
 from ._common import add_hw_args, hw_from_args
 
 ORDER = 30
-FALLBACK_MODEL = "deit_tiny_patch16_224"
 # Calibration images by default: the embedded model's real MNIST digits are cheap (about 8 s for
 # 1024 on 2 cores) and pruned accuracy keeps improving up to ~1000 (64% -> 84% top-1 at R = 0.5);
 # a DeiT pass costs about a second per image on 2 CPU cores, so other models default lower.
 DEFAULT_CALIB_EMBEDDED = 1024
 DEFAULT_CALIB_OTHER = 64
-FORMAT = "lsp-codesign-allocation/1"
 
-__all__ = ["register", "run", "default_model_name", "build_model", "calibration_data",
-           "write_run", "FORMAT"]
+__all__ = ["register", "run", "default_model_name"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,194 +108,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
-# --------------------------------------------------------------------------------------------
-# Models and calibration data
-
-
-def _registry() -> Any:
-    """The project's model registry, or None when the ``models`` package is not installed."""
-    try:
-        from models import registry
-    except ModuleNotFoundError as exc:
-        if exc.name in ("models", "models.registry"):
-            return None
-        raise
-    return registry
-
-
 def default_model_name() -> str:
-    """The registry's default (the embedded model), else a small timm DeiT."""
-    reg = _registry()
-    return reg.DEFAULT_MODEL if reg is not None else FALLBACK_MODEL
+    """The registry's default model (the embedded one)."""
+    from models.registry import DEFAULT_MODEL
 
-
-def build_model(name: str, checkpoint: str | None = None) -> tuple[Any, str]:
-    """Build model ``name`` in eval mode with its weights; returns ``(model, source)``.
-
-    ``source`` is ``registry`` for a registered name, ``timm`` for another timm model (random
-    weights unless ``checkpoint``).
-
-    Raises
-    ------
-    LspError
-        Unknown name, or a missing, unreadable, unsafe or mismatched checkpoint.
-    """
-    reg = _registry()
-    if reg is not None and name in reg.list_models():
-        return reg.create_model(name, checkpoint), "registry"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import timm
-
-    if not timm.is_model(name):
-        import difflib
-
-        known = list(reg.list_models()) if reg is not None else []
-        pool = list(dict.fromkeys(known + timm.list_models("deit*") + timm.list_models("*vit*")))
-        close = ([n for n in pool if n.startswith(name)][:3]
-                 or difflib.get_close_matches(name, pool, n=3))
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        listed = f"registered: {', '.join(known)}; " if known else ""
-        raise AllocError(f"unknown model {name!r} ({listed}or any timm ViT name){hint}")
-    model = timm.create_model(name, pretrained=False)
-    if checkpoint is not None:
-        if reg is not None:
-            reg.load_checkpoint(model, checkpoint, model_name=name)
-        else:
-            _load_checkpoint(model, checkpoint)
-    return model.eval(), "timm"
-
-
-def _load_checkpoint(model: Any, checkpoint: str) -> None:
-    """Safe checkpoint loading for when the registry is not installed."""
-    import torch
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise LspError(f"{path}: checkpoint file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt files and unsafe pickles raise many types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LspError(f"{path}: cannot be loaded safely as weights ({msg})") from None
-    if isinstance(sd, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise LspError(f"{path}: expected a state dict of tensors")
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise LspError(f"{path}: does not fit the model ({str(exc).splitlines()[0]})") from None
-
-
-def calibration_data(name: str, source: str, model: Any, n: int, seed: int, batch_size: int,
-                     data: str | None = None) -> Any:
-    """Calibration batches: the registry's loader for registered models, synthetic otherwise.
-
-    Synthetic images are uniform noise in [0, 1] normalised with the model's mean and std,
-    without labels (the dense model's predictions are used), seeded by ``seed``.
-    """
-    if source == "registry":
-        from models.data import calibration_loader
-
-        return calibration_loader(name, n, seed, batch_size, folder=data)
-    if data is not None:
-        raise AllocError(f"--data needs a registered model; {name!r} is a plain timm model")
-    return _SyntheticBatches(model, n, seed, batch_size)
-
-
-class _SyntheticBatches:
-    """Re-iterable batches of seeded uniform-noise images shaped for ``model``."""
-
-    def __init__(self, model: Any, n: int, seed: int, batch_size: int) -> None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        pe = model.patch_embed
-        chans = int(pe.proj.in_channels)
-        size = tuple(int(v) for v in pe.img_size)
-        self.shape = (chans, *size)
-        self.mean = tuple(cfg.get("mean", (0.5,) * chans))[:chans]
-        self.std = tuple(cfg.get("std", (0.5,) * chans))[:chans]
-        self.n, self.seed, self.batch_size = int(n), int(seed), int(batch_size)
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def __iter__(self):
-        import torch
-
-        gen = torch.Generator().manual_seed(self.seed)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        for lo in range(0, self.n, self.batch_size):
-            b = min(self.batch_size, self.n - lo)
-            yield (torch.rand((b, *self.shape), generator=gen) - mean) / std, None
-
-
-# --------------------------------------------------------------------------------------------
-# The run directory
-
-
-def write_run(out: Path, alloc: Any, cfg: Any, meta: dict[str, Any], *,
-              overwrite: bool = False) -> Path:
-    """Write a complete run directory for ``alloc`` atomically (nothing on failure)."""
-    import numpy as np
-
-    from .. import __version__
-    from ..masks_io import save_masks
-    from ..plots_alloc import write_plots
-
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        doc = {
-            "format": FORMAT,
-            "model": meta["model"],
-            "model_source": meta.get("model_source"),
-            "checkpoint": meta.get("checkpoint"),
-            "data": meta.get("data"),
-            "method": alloc.method,
-            "flops_target": alloc.flops_target,
-            "block": f"{alloc.block_k}x{alloc.block_n}",
-            "calib": alloc.n_samples,
-            "seed": meta.get("seed"),
-            "labels": alloc.labels,
-            **alloc.options.record(),
-            "kappa": alloc.kappa,
-            "smooth": alloc.smooth,
-            "exclude": list(meta.get("exclude", [])),
-            "beta": alloc.beta,
-            "lambda": alloc.lam,
-            "threshold": alloc.threshold,
-            "hw": {"name": cfg.name, "source": cfg.source, "engine": cfg.engine,
-                   "block": cfg.block_str, "tile_m": cfg.tile_m, "clock_mhz": cfg.clock_mhz,
-                   "config_hash": cfg.config_hash(), "p_m_pj": alloc.p_m_pj},
-            "totals": alloc.totals(),
-            "kept_fraction_by_kind": alloc.kept_fraction_by_kind(),
-            "order": list(alloc.layers),
-            "layers": alloc.layer_entries(),
-            "timings_s": alloc.timings,
-            "args": meta.get("args", {}),
-            "lsp_codesign_version": __version__,
-        }
-        write_json(tmp / "allocation.json", doc)
-        save_masks(tmp / "masks.safetensors", alloc.masks)
-        (tmp / "hw.yaml").write_text(cfg.to_yaml())
-        arrays = {}
-        for name, c in alloc.curves.items():
-            arrays[f"{name}:order"] = c.order.astype(np.int32)
-            arrays[f"{name}:delta"] = c.delta
-            arrays[f"{name}:delta_smooth"] = c.delta_smooth
-            arrays[f"{name}:slope"] = c.slope
-            arrays[f"{name}:energy_pj"] = c.energy_pj
-            arrays[f"{name}:flops"] = c.flops
-        np.savez_compressed(tmp / "curves.npz", **arrays)
-        write_plots(alloc, tmp / "plots")
-    return out
+    return DEFAULT_MODEL
 
 
 def _default_out(model: str, method: str, block: str, flops: float) -> Path:
@@ -330,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise LspError(f"{args.checkpoint}: checkpoint file not found")
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from models.data import calibration_data
+    from models.registry import build_model
+
     from ..allocator import allocate
 
     model, source = build_model(name, args.checkpoint)
@@ -347,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"model": name, "model_source": source, "checkpoint": ckpt,
             "data": str(Path(args.data).resolve()) if args.data else None, "seed": args.seed,
             "exclude": list(args.exclude), "args": resolved}
-    write_run(out, alloc, cfg, meta, overwrite=args.overwrite)
+    write_allocation(out, alloc, cfg, meta, overwrite=args.overwrite)
     if not args.quiet:
         print(summary_text(alloc, cfg, out))
     return 0

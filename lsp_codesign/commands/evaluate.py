@@ -1,10 +1,22 @@
-"""``lsp-codesign evaluate RUN_DIR``: top-1 of the dense, pruned and finetuned models."""
+"""``lsp-codesign evaluate RUN_DIR``: top-1 of the dense, pruned and finetuned models.
+
+Wires the run directory (:mod:`lsp_codesign.rundir`), the run's models and test images
+(``models/``) and the one-pass evaluation (:func:`lsp_codesign.training.evaluate_models`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
+
+from ..masking import FinetuneError, check_masked
+from ..rundir import EVALUATE_JSON, write_evaluate
+from ._runs import dense_model, pruned_model, read_model_run
 
 ORDER = 50
+
+__all__ = ["register", "run", "evaluate_run", "format_table"]
 
 
 def register(subparsers) -> None:
@@ -42,14 +54,55 @@ def format_table(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_run(run_dir: str | os.PathLike, *, test_images: int | None = None,
+                 batch_size: int = 256, data: str | os.PathLike | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Top-1 of a run's dense, pruned and (if present) finetuned models; writes evaluate.json.
+
+    The finetuned checkpoint is checked against the run's masks: a pruned block that is not
+    exactly zero is an error, not a number. ``test_images`` picks a fixed subset (default:
+    all); ``data`` is a labelled ImageFolder (needed for DeiT). Returns the record written.
+    """
+    from models.data import test_loader
+
+    from ..training import evaluate_models
+
+    run = read_model_run(run_dir)
+    folder = data if data is not None else run.data
+    loader = test_loader(run.model_name, test_images, batch_size, folder=folder)
+    models = {"dense": dense_model(run)}
+    models["pruned"], em = pruned_model(run)
+    if run.finetuned is not None:
+        finetuned = dense_model(run, run.finetuned)
+        try:
+            check_masked(finetuned, em)
+        except FinetuneError as exc:
+            raise FinetuneError(f"{run.finetuned}: does not respect the run's masks: "
+                                f"{exc}") from None
+        models["finetuned"] = finetuned
+    res = evaluate_models(models, loader, reference="dense", progress=progress)
+    record = {
+        "model": run.model_name,
+        "method": run.allocation.method,
+        "flops_target": run.allocation.flops_target,
+        "block": run.masks.block_str,
+        "blocks_kept": run.masks.kept_blocks,
+        "blocks_total": run.masks.total_blocks,
+        "test_images": res["dense"]["total"],
+        "data": str(folder) if folder is not None else None,
+        "models": {k: {"top1": v["top1"], "correct": v["correct"], "total": v["total"],
+                       "kl_to_dense": v["kl_to_reference"]} for k, v in res.items()},
+    }
+    if "finetuned" not in models:
+        record["models"]["finetuned"] = None
+    write_evaluate(run, record)
+    return record
+
+
 def run(args: argparse.Namespace) -> int:
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..finetune import evaluate_run
-
     rec = evaluate_run(args.run_dir, test_images=args.test_images, batch_size=args.batch_size,
                        data=args.data, progress=not args.no_progress)
     print(format_table(rec))
-    print(f"wrote {args.run_dir}/evaluate.json")
+    print(f"wrote {args.run_dir}/{EVALUATE_JSON}")
     return 0

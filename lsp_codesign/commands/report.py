@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..errors import LspError
 from ..masks_io import load_masks
-from ..report import build_report, measured_from_verify, save_plots
-from ..rundir import write_json
+from ..report import build_report, measured_from_verify
+from ..rundir import HW_YAML, REPORT_DIR, read_run, read_verify, write_report
 from ._common import add_hw_args, hw_from_args
 
 ORDER = 20
@@ -59,24 +58,22 @@ def run(args: argparse.Namespace) -> int:
     measured = None
     out_dir = args.out
     if args.run_dir:
-        rd = Path(args.run_dir)
-        if not rd.is_dir():
-            raise LspError(f"{rd}: run directory not found")
-        hw_path = str(rd / "hw.yaml") if args.hw is None else args.hw
-        cfg = hw_from_args(args, hw_path)
-        ms = load_masks(args.masks or rd / "masks.safetensors")
-        if (rd / "verify.json").is_file() and args.hw is None and args.block is None:
-            measured = measured_from_verify(rd / "verify.json")
-        out_dir = out_dir or rd / "report"
+        run = read_run(args.run_dir, need_hw=args.hw is None)
+        cfg = hw_from_args(args, str(run.file(HW_YAML)) if args.hw is None else args.hw)
+        ms = load_masks(args.masks) if args.masks else run.masks
+        ver = read_verify(run)
+        if ver is not None and args.hw is None and args.block is None:
+            measured = measured_from_verify(ver)
+        out_dir = out_dir or run.file(REPORT_DIR)
     else:
         if args.hw is None:
             raise LspError("--hw is required without a run directory")
         cfg = hw_from_args(args)
         ms = load_masks(args.masks) if args.masks else None
     if ms is not None:
-        if (ms.block_k, ms.block_n) != cfg.block:
-            raise LspError(f"masks were made for block {ms.block} but config {cfg.name} has block "
-                           f"{cfg.block_str}; pass --block {ms.block}")
+        if ms.block != cfg.block:
+            raise LspError(f"masks were made for block {ms.block_str} but config {cfg.name} has "
+                           f"block {cfg.block_str}; pass --block {ms.block_str}")
         gemms = [(name, *ms.gemms[name]) for name in ms.order]
         masks = ms.masks
         model = ms.model
@@ -94,10 +91,6 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(rep.to_dict(), indent=2))
     if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(rep.to_markdown())
-        write_json(out / "report.json", rep.to_dict())
-        save_plots(rep, out)
+        out = write_report(out_dir, rep)
         print(f"wrote {out}/report.md, report.json and plots", file=sys.stderr)
     return 0

@@ -1,11 +1,29 @@
-"""``lsp-codesign verify``: a run's masks through the RTL, bit-exact and cycle-exact."""
+"""``lsp-codesign verify``: a run's masks through the RTL, bit-exact and cycle-exact.
+
+This layer wires the pieces in: the run directory (:mod:`lsp_codesign.rundir`), the run's
+pruned model and one calibration image (``models/``), the simulator (``sim/``, or the ISS), and
+the core's checks (:func:`lsp_codesign.verify.verify_layers`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..config import HwConfig
+from ..errors import LspError
+from ..rundir import HW_YAML, write_verify
+from ..verify import (SIMS, Runner, VerifyMismatch, VerifyResult, iss_runner, sample_layers,
+                      verify_layers)
+from ._runs import pruned_model, read_model_run
 
 ORDER = 60
+
+__all__ = ["register", "run", "verify_run", "rtl_runner", "capture_inputs"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,20 +45,80 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..rundir import write_json
-    from ..verify import VerifyMismatch, verify_run
+def rtl_runner(sim: str) -> Runner:
+    """A runner that runs programs on the generated Verilog (``sim.harness``)."""
+    def run_rtl(cfg: HwConfig, programs: Sequence, progress: bool = False) -> list:
+        try:
+            from sim.harness import run_programs
+        except ImportError as exc:
+            raise LspError(f"the RTL harness (sim.harness) is not importable: {exc}") from None
+        return run_programs(cfg, list(programs), sim=sim, progress=progress)
+    return run_rtl
 
+
+def capture_inputs(model, names: Sequence[str], image) -> dict[str, np.ndarray]:
+    """Inputs of the named linear layers for one image: ``{name: (M, N) float64}``."""
+    import torch
+
+    mods = dict(model.named_modules())
+    got: dict[str, np.ndarray] = {}
+    hooks = []
+    for name in names:
+        def hook(_mod, inp, _out, name=name):
+            got[name] = inp[0].detach().reshape(-1, inp[0].shape[-1]).double().numpy()
+        hooks.append(mods[name].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "all",
+               dense: bool = True, progress: bool = True,
+               runner: Runner | None = None) -> VerifyResult:
+    """Verify a run directory layer by layer (finetuned weights when the run has them).
+
+    Each layer's real input is captured by running the pruned model on one calibration image
+    chosen by the run's seed (one image, so M is the tokens the layer sees per image, as in
+    the allocation).
+    """
+    if sim not in SIMS:
+        raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {sim!r}")
+    run = read_model_run(run_dir, need_hw=True)
+    cfg = run.hw
+    if cfg.engine != "block_sparse":
+        raise LspError(f"{run.path}: {HW_YAML} is a {cfg.engine} config; only the block_sparse "
+                       "engine has RTL to verify against")
+    names = sample_layers(run.masks.order, layers, run.seed)
+    t0 = time.perf_counter()
+
+    from models.data import calibration_loader
+
+    model, _em = pruned_model(run, run.finetuned)
+    images, _labels = next(iter(calibration_loader(run.model_name, 1, run.seed, 1)))
+    inputs = capture_inputs(model, names, images)
+    mods = dict(model.named_modules())
+    weights = {name: mods[name].weight.detach().double().numpy() for name in names}
+    checks = verify_layers(cfg, run.masks, names, inputs, weights,
+                           runner=runner or (iss_runner if sim == "iss" else rtl_runner(sim)),
+                           dense=dense, progress=progress, where=str(run.path / HW_YAML))
+    return VerifyResult(run_dir=str(run.path), sim=sim, config=cfg.to_dict(), layers=checks,
+                        wall_s=time.perf_counter() - t0)
+
+
+def run(args: argparse.Namespace) -> int:
     res = verify_run(args.run_dir, sim=args.sim, layers=args.layers, dense=not args.no_dense,
                      progress=True)
-    write_json(Path(args.run_dir) / "verify.json", res.to_dict())
+    path = write_verify(args.run_dir, res)
     print(res.table())
     t = res.totals()
     if "measured_speedup" in t:
         print(f"\nspeedup over the dense layers: measured {t['measured_speedup']:.3f}x, "
               f"model {t['model_speedup']:.3f}x")
-    print(f"{len(res.layers)} layers on {args.sim} in {res.wall_s:.1f} s; "
-          f"wrote {Path(args.run_dir) / 'verify.json'}")
+    print(f"{len(res.layers)} layers on {args.sim} in {res.wall_s:.1f} s; wrote {path}")
     if not res.ok:
         for lc in res.layers:
             if lc.ok:
