@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import HwConfig
 from .cycle_model import ENERGY_COMPONENTS, LayerEstimate, energy_breakdown, estimate_layer, p_m_pj
+from .table import format_table
 
 __all__ = ["LayerReport", "ModelReport", "build_report", "measured_from_verify", "save_plots"]
 
@@ -133,14 +134,8 @@ class ModelReport:
                 f"{arr}, {c.clock_mhz:g} MHz); p_m = {p_m_pj(c):.1f} pJ")
 
     def to_text(self) -> str:
-        header, rows = self._header(), self._rows() + [self._total_row()]
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-        fmt = lambda r: "  ".join(  # noqa: E731
-            (c.ljust(w) if i < 2 else c.rjust(w)) for i, (c, w) in enumerate(zip(r, widths)))
-        sep = "  ".join("-" * w for w in widths)
-        lines = [self._title(), "", fmt(header), sep] + [fmt(r) for r in rows[:-1]] + [sep,
-                                                                                        fmt(rows[-1])]
-        lines += ["", self._energy_line()]
+        table = format_table(self._header(), self._rows(), left=2, total=self._total_row())
+        lines = [self._title(), "", table, "", self._energy_line()]
         return "\n".join(lines) + "\n"
 
     def _energy_line(self) -> str:

@@ -27,6 +27,7 @@ from .errors import LspError
 from .isa import COUNTERS, ERRORS
 from .masks_io import MaskSet
 from .quant import dequantize, quantize_activations, quantize_weights
+from .table import format_table
 
 __all__ = ["LayerCheck", "VerifyResult", "VerifyMismatch", "verify_layers", "sample_layers",
            "iss_runner", "Runner", "SIMS"]
@@ -131,11 +132,7 @@ class VerifyResult:
                      "-" if sp is None else f"{sp:.2f}x",
                      "ok" if all(lc.y_match for lc in self.layers) else "FAIL",
                      "ok" if all(lc.counters_match for lc in self.layers) else "FAIL"])
-        w = [max(len(r[i]) for r in [hdr] + rows) for i in range(len(hdr))]
-        line = lambda r: "  ".join(  # noqa: E731
-            c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r))
-        sep = "  ".join("-" * x for x in w)
-        return "\n".join([line(hdr), sep] + [line(r) for r in rows[:-1]] + [sep, line(rows[-1])])
+        return format_table(hdr, rows[:-1], left=2, total=rows[-1])
 
 
 Runner = Callable[[HwConfig, Sequence[LayerProgram]], list]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lsp_codesign import table
 from lsp_codesign.compiler import LayerProgram, compile_layer, read_y, reference_gemm
 from lsp_codesign.config import HwConfig
 from lsp_codesign.cycle_model import (energy_breakdown, estimate_layer, gemm_counters,
@@ -352,9 +353,4 @@ def format_table(rows: list[CaseReport]) -> str:
             "-" if r.speedup is None else f"{r.speedup:.2f}x",
             "ok" if r.ok else "MISMATCH",
         ))
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-              for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(lines)
+    return table.format_table(head, body, left=len(head))

@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module: two OpenMP threads on a shared 2-core machine can be
+    30x slower than one. Use with ``pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def vita():
     from lsp_codesign.config import load_config

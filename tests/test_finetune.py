@@ -24,15 +24,7 @@ from models import DEFAULT_MODEL, create_model, save_checkpoint
 from models.data import test_loader, train_loader
 from tests.conftest import write_test_run
 
-pytestmark = pytest.mark.torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def random_masks(model, name: str, block: tuple[int, int], keep: float, seed: int) -> MaskSet:

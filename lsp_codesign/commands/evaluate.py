@@ -10,6 +10,7 @@ import argparse
 import os
 from typing import Any
 
+from .. import table
 from ..masking import FinetuneError, check_masked
 from ..rundir import EVALUATE_JSON, write_evaluate
 from ._runs import dense_model, pruned_model, read_model_run
@@ -38,20 +39,24 @@ def register(subparsers) -> None:
 
 def format_table(rec: dict) -> str:
     """The evaluate record as an aligned text table."""
-    lines = [f"{rec['model']}  method {rec.get('method')}  FLOPs target "
+    title = (f"{rec['model']}  method {rec.get('method')}  FLOPs target "
              f"{rec.get('flops_target')}  block {rec['block']}  blocks kept "
-             f"{rec['blocks_kept']}/{rec['blocks_total']}  test images {rec['test_images']}",
-             f"{'model':<10} {'top-1 %':>8} {'correct':>9} {'KL to dense':>12}"]
-    for name in ("dense", "pruned", "finetuned"):
+             f"{rec['blocks_kept']}/{rec['blocks_total']}  test images {rec['test_images']}")
+    rows, missing = [], None
+    for i, name in enumerate(("dense", "pruned", "finetuned")):
         r = rec["models"].get(name)
         if r is None:
-            lines.append(f"{name:<10} {'-':>8} {'-':>9} {'-':>12}  (not finetuned yet: run "
-                         "'lsp-codesign finetune RUN_DIR')")
+            rows.append([name, "-", "-", "-"])
+            missing = i
             continue
-        top1 = "-" if r["top1"] is None else f"{100 * r['top1']:.2f}"
-        correct = "-" if r["correct"] is None else str(r["correct"])
-        lines.append(f"{name:<10} {top1:>8} {correct:>9} {r['kl_to_dense']:>12.4f}")
-    return "\n".join(lines)
+        rows.append([name, "-" if r["top1"] is None else f"{100 * r['top1']:.2f}",
+                     "-" if r["correct"] is None else str(r["correct"]),
+                     f"{r['kl_to_dense']:.4f}"])
+    lines = table.format_table(["model", "top-1 %", "correct", "KL to dense"], rows, sep=" ",
+                               min_widths=(10, 8, 9, 12), rules=False).split("\n")
+    if missing is not None:
+        lines[missing + 1] += "  (not finetuned yet: run 'lsp-codesign finetune RUN_DIR')"
+    return "\n".join([title, *lines])
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, test_images: int | None = None,
