@@ -1,6 +1,6 @@
 """Allocator numerics without torch: slopes, smoothing, distortion curves, power term, search.
 
-Each pitfall listed in DESIGN.md ("Pitfalls seen in a public implementation") that concerns the
+Each pitfall of docs/allocator.md ("Pitfalls, and the test that guards each") that concerns the
 math has a test here: slope near the ends, O(D^2) work at zero pruning, the cross-term sign of
 the incremental update, and the sign of the power term.
 """
