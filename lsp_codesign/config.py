@@ -15,14 +15,16 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from .errors import LspError
+from .config_schema import (ENERGY_KEYS, MEM_KEYS, TOP_KEYS, ConfigError, check_mapping,
+                            check_sram_table, parse_block, parse_pair)
+from .config_schema import fail as _fail
+from .strict_yaml import YamlError, read_yaml
 
 __all__ = [
     "ConfigError",
@@ -44,39 +46,6 @@ ACT_BITS = 8
 WEIGHT_BITS = 8
 ACC_BITS = 32
 INSN_BITS = 32
-
-
-class ConfigError(LspError, ValueError):
-    """A hardware configuration is malformed; the message names the key (and file) and value."""
-
-
-def _fail(where: str, key: str, msg: str) -> ConfigError:
-    prefix = f"{where}: " if where else ""
-    return ConfigError(f"{prefix}{key}: {msg}")
-
-
-def parse_pair(text: Any, *, key: str, where: str = "") -> tuple[int, int]:
-    """Parse ``"16x32"`` (or a two-element list) into a pair of positive integers."""
-    if isinstance(text, (list, tuple)) and len(text) == 2:
-        a, b = text
-    elif isinstance(text, str):
-        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
-        if not m:
-            raise _fail(where, key, f"expected the form AxB with positive integers, got {text!r}")
-        a, b = int(m.group(1)), int(m.group(2))
-    else:
-        raise _fail(where, key, f"expected the form AxB with positive integers, got {text!r}")
-    for v in (a, b):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise _fail(where, key, f"expected integers, got {text!r}")
-        if v <= 0:
-            raise _fail(where, key, f"sizes must be positive, got {text!r}")
-    return int(a), int(b)
-
-
-def parse_block(text: Any, *, key: str = "block", where: str = "") -> tuple[int, int]:
-    """Parse a block size ``BKxBN`` (``16x32``: BK=16 output features, BN=32 input features)."""
-    return parse_pair(text, key=key, where=where)
 
 
 def _is_pow2(v: int) -> bool:
@@ -145,55 +114,6 @@ def sram_pj_per_64b(table: Mapping[float, float], capacity_kib: float) -> float:
     return ys[-1] + slope * (x - xs[-1])
 
 
-# ----------------------------------------------------------------------------------------------
-# Schema: every key, its type, and whether it is required. Unknown keys are errors.
-# ----------------------------------------------------------------------------------------------
-
-_TOP_KEYS = {
-    "name": (str, True),
-    "description": (str, False),
-    "engine": (str, True),
-    "clock_mhz": ((int, float), True),
-    "block": ((str, list), True),
-    "tile_m": (int, True),
-    "array": ((str, list), False),
-    "dataflow": (str, False),
-    "index_bits": (int, False),
-    "memories": (dict, True),
-    "energy": (dict, True),
-}
-_MEM_KEYS = {
-    "imem_words": (int, True),
-    "xmem_kib": ((int, float), True),
-    "wmem_kib": ((int, float), True),
-    "idx_kib": ((int, float), True),
-    "ymem_kib": ((int, float), True),
-}
-_ENERGY_KEYS = {
-    "mac_pj": ((int, float), True),
-    "sram_pj_per_64b": (dict, True),
-    "dram_pj_per_64b": ((int, float), True),
-    "static_mw": ((int, float), True),
-}
-
-
-def _check_keys(d: Mapping[str, Any], schema: Mapping[str, tuple], path: str, where: str) -> None:
-    for k in d:
-        if k not in schema:
-            known = ", ".join(sorted(schema))
-            raise _fail(where, f"{path}{k}", f"unknown key (known keys: {known})")
-    for k, (types, required) in schema.items():
-        if k not in d:
-            if required:
-                raise _fail(where, f"{path}{k}", "missing required key")
-            continue
-        v = d[k]
-        if isinstance(v, bool) or not isinstance(v, types):
-            tn = (types.__name__ if isinstance(types, type)
-                  else " or ".join(t.__name__ for t in types))
-            raise _fail(where, f"{path}{k}", f"expected {tn}, got {type(v).__name__} {v!r}")
-
-
 @dataclass(frozen=True)
 class HwConfig:
     """Frozen hardware configuration with every derived value computed once.
@@ -251,9 +171,9 @@ class HwConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{where or 'config'}: expected a mapping at the top level, "
                               f"got {type(raw).__name__}")
-        _check_keys(raw, _TOP_KEYS, "", where)
-        _check_keys(raw["memories"], _MEM_KEYS, "memories.", where)
-        _check_keys(raw["energy"], _ENERGY_KEYS, "energy.", where)
+        raw = check_mapping(raw, TOP_KEYS, "", where)
+        mems = check_mapping(raw["memories"], MEM_KEYS, "memories.", where)
+        energy = check_mapping(raw["energy"], ENERGY_KEYS, "energy.", where)
 
         engine = raw["engine"]
         if engine not in ENGINES:
@@ -276,22 +196,7 @@ class HwConfig:
                             "remove this key")
             rows, cols = bk, bn
             dataflow = "bs"
-        mems = raw["memories"]
-        energy = raw["energy"]
-        table = energy["sram_pj_per_64b"]
-        sram_table = []
-        for k, v in table.items():
-            kk = k
-            if isinstance(k, str):
-                try:
-                    kk = float(k)
-                except ValueError:
-                    raise _fail(where, f"energy.sram_pj_per_64b.{k}",
-                                "keys are SRAM capacities in KiB (numbers)") from None
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise _fail(where, f"energy.sram_pj_per_64b.{k}",
-                            f"expected a number of pJ, got {v!r}")
-            sram_table.append((float(kk), float(v)))
+        sram_table = check_sram_table(energy["sram_pj_per_64b"], where)
         cfg = cls(
             name=raw["name"],
             engine=engine,
@@ -303,7 +208,7 @@ class HwConfig:
             array_cols=cols,
             dataflow=dataflow,
             index_bits=raw.get("index_bits", 16),
-            mem_params=tuple((k, float(mems[k])) for k in _MEM_KEYS),
+            mem_params=tuple((k, float(mems[k])) for k in MEM_KEYS),
             mac_pj=float(energy["mac_pj"]),
             sram_table=tuple(sorted(sram_table)),
             dram_pj_per_64b=float(energy["dram_pj_per_64b"]),
@@ -515,15 +420,14 @@ class HwConfig:
 def load_config(path: str | Path, **overrides: Any) -> HwConfig:
     """Load, validate and freeze a hardware config from a YAML file.
 
-    Keyword arguments are passed to :meth:`HwConfig.with_overrides` (``block="32x64"``, ...).
+    The file is read by :func:`lsp_codesign.strict_yaml.read_yaml` (UTF-8 text, bounded size,
+    no aliases, no duplicate keys, ``1e3`` a number). Keyword arguments are passed to
+    :meth:`HwConfig.with_overrides` (``block="32x64"``, ...).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_yaml(path, what="config file")
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
     cfg = HwConfig.from_dict(raw, source=str(path))
     if any(v is not None for v in overrides.values()):
         cfg = cfg.with_overrides(**overrides)

@@ -131,3 +131,95 @@ def test_parse_block():
     assert parse_block([8, 16]) == (8, 16)
     with pytest.raises(ConfigError):
         parse_block("32x")
+
+
+# -- the validation layer: what a file may hold, and bounded work ------------------------------
+
+
+def _write(tmp_path, text: str | bytes, name: str = "c.yaml"):
+    p = tmp_path / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+def _vita_text(**changes: str) -> str:
+    text = (CONFIGS / "vita.yaml").read_text()
+    for old, new in changes.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def test_exponent_numbers_are_numbers(tmp_path):
+    cfg = load_config(_write(tmp_path, _vita_text(**{"clock_mhz: 500": "clock_mhz: 5e2",
+                                                      "imem_words: 256": "imem_words: 2.56e2"})))
+    assert cfg.clock_mhz == 500.0 and cfg.memories["imem"].depth == 256
+    with pytest.raises(ConfigError, match="memories.imem_words: expected int, got float 256.5"):
+        load_config(_write(tmp_path, _vita_text(**{"imem_words: 256": "imem_words: 2.565e2"})))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("clock_mhz: 500", "clock_mhz: .nan", "clock_mhz: must be a finite number, got nan"),
+    ("clock_mhz: 500", "clock_mhz: .inf", "clock_mhz: must be a finite number, got inf"),
+    ("mac_pj: 0.3", "mac_pj: .nan", "energy.mac_pj: must be a finite number, got nan"),
+    ("mac_pj: 0.3", "mac_pj: -.inf", "energy.mac_pj: must be a finite number, got -inf"),
+    ("static_mw: 20", "static_mw: .NaN", "energy.static_mw: must be a finite number"),
+    ("1024: 100", "1024: .inf", "energy.sram_pj_per_64b.1024: must be a finite number"),
+    ("imem_words: 256", "imem_words: 1e20", "memories.imem_words: must be at most 1.04858e+06"),
+    ("xmem_kib: 256", "xmem_kib: 1e300", "memories.xmem_kib: must be at most"),
+    ("tile_m: 16", "tile_m: 1e9", "tile_m: must be at most 4096"),
+    ("block: 16x16", "block: 131072x16", "block: sizes must be at most 65536"),
+    ("block: 16x16", "block: 99999999999x1", "block: expected the form AxB"),
+])
+def test_non_finite_and_out_of_bound_numbers_are_refused(tmp_path, old, new, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("+", r"\+")):
+        load_config(_write(tmp_path, _vita_text(**{old: new})))
+
+
+def test_duplicate_keys_and_aliases_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 4, column 1: duplicate key 'engine'"):
+        load_config(_write(tmp_path, "name: a\nengine: block_sparse\nclock_mhz: 1\n"
+                                     "engine: systolic\n"))
+    with pytest.raises(ConfigError, match="YAML aliases are not allowed"):
+        load_config(_write(tmp_path, _vita_text(**{"name: vita": "name: &n vita",
+                                                   "description: ViTA-like": "description: *n #"})))
+
+
+def test_billion_laughs_fails_at_once(tmp_path):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        prev, cur = chr(96 + i), chr(97 + i)
+        lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    lines.append("description: *j")
+    path = _write(tmp_path, "\n".join(lines) + "\n")
+    assert path.stat().st_size < 2048
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert "YAML aliases are not allowed (*a)" in msg and len(msg) < 200 and "\n" not in msg
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data (a NUL byte at offset 8)"),
+    (b"name: \xff\xfe vita\n", "not UTF-8 text (byte 6)"),
+    (b"name: [unclosed\n", "not valid YAML: line 2, column 1: expected ',' or ']'"),
+    (b"name: x\n  bad: 1\n", "not valid YAML: line 2, column 6: mapping values are not allowed"),
+    (b"!!python/object/apply:os.system [echo hi]\n", "could not determine a constructor"),
+    (b"a: " + b"[" * 40 + b"]" * 40 + b"\n", "nested more than 32 levels deep"),
+    (b"x: 1\n" * 300_000, "larger than 1024 KiB"),
+    (b"? [1, 2]\n: 3\n", "a mapping key must be a plain value"),
+])
+def test_unreadable_files_are_one_line(tmp_path, content, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, content))
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert str(exc.value).startswith(str(tmp_path / "c.yaml"))
+
+
+def test_long_values_are_never_printed_whole(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, _vita_text(**{"tile_m: 16": "tile_m: '" + "9" * 5000 + "'"})))
+    assert "tile_m: expected int, got str '999" in str(exc.value) and len(str(exc.value)) < 200
+    with pytest.raises(ConfigError, match="has 5000 characters; at most 2000"):
+        load_config(_write(tmp_path, _vita_text(**{"description: ViTA-like": "description: "
+                                                   + "x" * 5000 + " #"})))
