@@ -1,0 +1,45 @@
+"""The docs stay true: the tests they name exist, the figures they quote match the code."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from tests.conftest import ROOT
+
+
+def _test_names(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+
+
+def test_every_test_named_by_the_allocator_pitfalls_exists():
+    text = (ROOT / "docs" / "allocator.md").read_text()
+    section = text.split("## Pitfalls", 1)[1].split("\n## ", 1)[0]
+    refs = []
+    for row in section.splitlines():
+        current = None
+        for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", row):
+            current = file or current
+            refs.append((current, name))
+    assert len(refs) >= 6
+    missing = [f"{f}::{n}" for f, n in refs if n not in _test_names(ROOT / "tests" / f)]
+    assert missing == []
+
+
+def test_no_doc_or_source_points_outside_the_project():
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
+             *(p for d in ("lsp_codesign", "models", "sim", "hw", "tests", "bench")
+               for p in (ROOT / d).rglob("*.py") if p.name != "test_docs.py")]
+    assert [str(p.relative_to(ROOT)) for p in files if "DESIGN" + ".md" in p.read_text()] == []
+
+
+def test_calibration_default_quoted_in_the_docs():
+    from lsp_codesign.commands.allocate import DEFAULT_CALIB_EMBEDDED, DEFAULT_CALIB_OTHER
+
+    text = (ROOT / "docs" / "allocator.md").read_text()
+    assert (f"| `--calib` | {DEFAULT_CALIB_EMBEDDED} for `vit-mnist`, {DEFAULT_CALIB_OTHER} "
+            "otherwise |") in text
+    models = (ROOT / "docs" / "models.md").read_text()
+    quoted = re.findall(r"`allocate`'s defaults?(?: of|:) (\d+) calibration images", models)
+    assert quoted and all(int(n) == DEFAULT_CALIB_EMBEDDED for n in quoted)
