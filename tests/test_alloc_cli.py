@@ -270,8 +270,9 @@ def test_existing_output_and_failure_midway_leave_no_partial_run(ckpt, tmp_path,
 
     monkeypatch.setattr(plots, "write_plots", boom)
     target = tmp_path / "half"
-    with pytest.raises(RuntimeError, match="disk full"):
-        main(base + ["--out", str(target)])
+    assert main(base + ["--out", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" in err and "RuntimeError: disk full" in err
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["exists"]
 

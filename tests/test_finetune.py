@@ -43,10 +43,12 @@ def random_masks(model, name: str, block: tuple[int, int], keep: float, seed: in
                    masks=masks)
 
 
-def make_run(path, *, model=DEFAULT_MODEL, checkpoint=None, block=(16, 16), keep=0.5, seed=0):
+def make_run(path, *, model=DEFAULT_MODEL, checkpoint=None, block=(16, 16), keep=0.5, seed=0,
+             recorded_checkpoint=None):
     net = create_model(model, checkpoint, pretrained_default=True)
     ms = random_masks(net, model, block, keep, seed)
-    return write_test_run(path, ms, checkpoint=checkpoint, seed=seed, flops_target=keep)
+    return write_test_run(path, ms, checkpoint=recorded_checkpoint or checkpoint, seed=seed,
+                          flops_target=keep)
 
 
 @pytest.fixture(scope="module")
@@ -212,13 +214,41 @@ def test_finetune_refuses_to_overwrite_without_flag(tmp_path, capsys):
 
 def test_evaluate_rejects_a_finetuned_file_that_breaks_the_masks(tmp_path, capsys):
     run = make_run(tmp_path / "run")
+    tie = {"lsp_allocation_hash": read_run(run).allocation_hash}
     save_checkpoint(create_model(DEFAULT_MODEL), run / "finetuned.safetensors",
-                    model_name=DEFAULT_MODEL)  # dense weights: pruned blocks are not zero
+                    model_name=DEFAULT_MODEL, metadata=tie)  # dense: pruned blocks not zero
     assert main(["evaluate", str(run), "--test-images", "100", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "finetuned.safetensors: does not respect the run's masks" in err
     assert not (run / "evaluate.json").exists()
+
+
+def test_a_finetuned_file_of_another_allocation_is_refused(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    from lsp_codesign.commands._runs import pruned_model
+
+    model, _em = pruned_model(read_run(run))
+    save_checkpoint(model, run / "finetuned.safetensors", model_name=DEFAULT_MODEL,
+                    metadata={"lsp_allocation_hash": "0123456789abcdef"})
+    for cmd in ("evaluate", "verify"):
+        assert main([cmd, str(run), "--no-progress"] if cmd == "evaluate"
+                    else [cmd, str(run), "--sim", "iss", "--layers", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "finetuned.safetensors: made for another allocation" in err, err
+
+
+def test_finetune_overwrite_removes_the_stale_evaluation(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    args = ["finetune", str(run), "--train-images", "128", "--no-distill", "--no-progress"]
+    assert main(args) == 0
+    assert main(["evaluate", str(run), "--test-images", "50", "--no-progress"]) == 0
+    assert (run / "evaluate.json").is_file()
+    assert main(args + ["--overwrite", "--seed", "3"]) == 0
+    assert not (run / "evaluate.json").exists()
+    capsys.readouterr()
+    for f in ("finetuned.safetensors", "finetune.json"):
+        assert (run / f).stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("breakage,message", [
@@ -231,7 +261,8 @@ def test_evaluate_rejects_a_finetuned_file_that_breaks_the_masks(tmp_path, capsy
     ("bad_ckpt", "nothing.pt: checkpoint file not found"),
 ])
 def test_broken_run_dirs_are_one_line_errors(tmp_path, capsys, breakage, message):
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", recorded_checkpoint=(tmp_path / "nothing.pt"
+                                                          if breakage == "bad_ckpt" else None))
     alloc = json.loads((run / "allocation.json").read_text())
     if breakage == "no_dir":
         shutil.rmtree(run)
@@ -270,11 +301,8 @@ def test_deit_run_needs_images(tmp_path, capsys):
 
 def test_relative_checkpoint_is_found_in_the_run_dir(tmp_path):
     src = create_model(DEFAULT_MODEL, pretrained_default=False)
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", recorded_checkpoint="dense.safetensors")
     save_checkpoint(src, run / "dense.safetensors", model_name=DEFAULT_MODEL)
-    alloc = json.loads((run / "allocation.json").read_text())
-    alloc["checkpoint"] = "dense.safetensors"
-    (run / "allocation.json").write_text(json.dumps(alloc))
     r = read_run(run)
     assert r.checkpoint == str(run / "dense.safetensors")
     from lsp_codesign.commands._runs import dense_model

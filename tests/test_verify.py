@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lsp_codesign.cli import main
+from lsp_codesign.config import load_config
 from lsp_codesign.errors import LspError
 from lsp_codesign.quant import dequantize, quantize_activations, quantize_weights
 from lsp_codesign.commands.verify import verify_run
@@ -114,9 +115,10 @@ def test_bad_inputs(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "nope"), "--sim", "iss"]) == 2
     assert "run directory not found" in capsys.readouterr().err
     rd = make_run(tmp_path / "run")
-    (rd / "hw.yaml").write_text((rd / "hw.yaml").read_text().replace("16x16", "8x8"))
-    with pytest.raises(LspError, match="hw.yaml has block 8x8 but the masks use 16x16"):
-        verify_run(rd, sim="iss")
+    other = tmp_path / "8x8.yaml"
+    other.write_text((rd / "hw.yaml").read_text().replace("16x16", "8x8"))
+    with pytest.raises(LspError, match="8x8.yaml has block 8x8 but the masks use 16x16"):
+        verify_run(rd, sim="iss", hw=load_config(other))
     with pytest.raises(LspError, match="--layers: expected 'all' or a positive number"):
         sample_layers(["a", "b"], "some")
     with pytest.raises(LspError, match="--layers: 3 is not between 1 and the 2 layers"):
@@ -141,3 +143,76 @@ def test_report_marks_measured_layers_and_writes_plots(tmp_path, capsys):
     for png in ("layers_speedup_energy.png", "energy_breakdown.png", "speedup_vs_flops.png"):
         assert (rd / "report" / png).stat().st_size > 5000
     assert "Energy by component" in (rd / "report" / "report.md").read_text()
+
+
+# -- drift: a run's hw.yaml, allocation or masks changed after allocate ----------------------
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_an_edited_hw_yaml_is_refused_unless_given_explicitly(tmp_path, capsys):
+    rd = make_run(tmp_path / "run")
+    _edit(rd / "hw.yaml", "tile_m: 16", "tile_m: 32")
+    assert main(["verify", str(rd), "--sim", "iss", "--layers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hw.yaml: changed since 'lsp-codesign allocate' priced" in err
+    assert not (rd / "verify.json").exists()
+    assert main(["report", str(rd)]) == 2
+    assert "changed since" in capsys.readouterr().err
+    # given on purpose with --hw, it is used, and the command says so
+    assert main(["verify", str(rd), "--sim", "iss", "--layers", "2", "--hw",
+                 str(rd / "hw.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "note: using" in err and "not the run's hw.yaml" in err
+    ver = json.loads((rd / "verify.json").read_text())
+    assert ver["hw_overridden"] is True and ver["config"]["tile_m"] == 32
+
+
+def test_an_edited_energy_figure_changes_nothing_silently(tmp_path, capsys):
+    rd = make_run(tmp_path / "run")
+    assert main(["report", str(rd), "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)["totals"]["energy_uj_pruned"]
+    _edit(rd / "hw.yaml", "mac_pj: 0.3", "mac_pj: 3.0")
+    assert main(["report", str(rd)]) == 2
+    assert "changed since" in capsys.readouterr().err
+    assert main(["report", str(rd), "--hw", str(rd / "hw.yaml"), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["totals"]["energy_uj_pruned"] > before and "note: using" in err
+
+
+@pytest.mark.parametrize("edit", ["seed", "masks"])
+def test_an_edited_allocation_or_masks_file_is_refused(tmp_path, capsys, edit):
+    rd = make_run(tmp_path / "run")
+    if edit == "seed":
+        _edit(rd / "allocation.json", '"seed": 0', '"seed": 1')
+    else:
+        from lsp_codesign.masks_io import MaskSet, load_masks, save_masks
+
+        ms = load_masks(rd / "masks.safetensors")
+        flipped = {k: v.copy() for k, v in ms.masks.items()}
+        flipped["head"][0, 0] = not flipped["head"][0, 0]
+        save_masks(rd / "masks.safetensors",
+                   MaskSet(ms.model, ms.block_k, ms.block_n, ms.order, ms.gemms, flipped))
+    for cmd in (["verify", str(rd), "--sim", "iss"], ["report", str(rd)],
+                ["evaluate", str(rd), "--test-images", "10", "--no-progress"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "changed after 'lsp-codesign allocate' wrote them" in err and err.count("\n") == 1
+
+
+def test_report_ignores_a_verify_json_of_another_config(tmp_path, capsys):
+    rd = make_run(tmp_path / "run")
+    assert main(["verify", str(rd), "--sim", "iss", "--layers", "3"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "fast.yaml"
+    other.write_text((rd / "hw.yaml").read_text().replace("clock_mhz: 500", "clock_mhz: 800"))
+    assert main(["report", str(rd), "--hw", str(other), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert not any(lay["measured"] for lay in json.loads(out)["layers"])
+    assert "verify.json was measured on another allocation, config or masks" in err
+    assert main(["report", str(rd), "--format", "json"]) == 0
+    assert sum(lay["measured"] for lay in json.loads(capsys.readouterr().out)["layers"]) == 3

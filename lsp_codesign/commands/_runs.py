@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import HwConfig
 from ..masking import apply_masks, element_masks
 from ..rundir import ALLOCATION_JSON, Run, RunDirError, read_allocation, read_run
 
-__all__ = ["read_model_run", "dense_model", "pruned_model"]
+__all__ = ["read_model_run", "dense_model", "pruned_model", "note_hw_override"]
 
 
-def read_model_run(run_dir: str | os.PathLike, *, need_hw: bool = False) -> Run:
+def read_model_run(run_dir: str | os.PathLike, *, hw: HwConfig | None = None) -> Run:
     """:func:`~lsp_codesign.rundir.read_run`, for a run whose model is registered."""
     from models import list_models
 
@@ -25,7 +26,7 @@ def read_model_run(run_dir: str | os.PathLike, *, need_hw: bool = False) -> Run:
         raise RunDirError(f"{Path(run_dir) / ALLOCATION_JSON}: unknown model {name!r}: "
                           "finetune, evaluate and verify support the registered models "
                           f"({', '.join(list_models())})")
-    return read_run(run_dir, need_hw=need_hw)
+    return read_run(run_dir, hw=hw)
 
 
 def dense_model(run: Run, weights: str | os.PathLike | None = None) -> Any:
@@ -41,3 +42,13 @@ def pruned_model(run: Run, weights: str | os.PathLike | None = None) -> tuple[An
     em = element_masks(model, run.masks)
     apply_masks(model, em)
     return model, em
+
+
+def note_hw_override(command: str, run: Run) -> None:
+    """Say on stderr that ``run`` is being used with a config other than its own ``hw.yaml``."""
+    import sys
+
+    if run.hw_overridden:
+        print(f"lsp-codesign {command}: note: using {run.hw.source or 'the given config'} "
+              f"(config hash {run.hw_hash}), not the run's hw.yaml (hash "
+              f"{run.allocation.hw_hash}) that priced the allocation", file=sys.stderr)

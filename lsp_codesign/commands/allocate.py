@@ -26,7 +26,7 @@ from ..allocator import (CURVATURES, DEFAULT_CURVATURE, DEFAULT_KAPPA, DEFAULT_M
                          DEFAULT_SCORE, DEFAULT_SMOOTH, METHODS, SCORES, AllocError,
                          CurvatureOptions, check_flops_target)
 from ..errors import LspError
-from ..rundir import write_allocation
+from ..rundir import new_run, write_allocation
 from ._common import add_hw_args, hw_from_args
 
 ORDER = 30
@@ -139,13 +139,27 @@ def run(args: argparse.Namespace) -> int:
                                     first_order=args.first_order, score=args.score)
     cfg = hw_from_args(args)
     out = Path(args.out) if args.out else _default_out(name, args.method, cfg.block_str, r)
-    if out.exists() and not args.overwrite:
-        raise LspError(f"{out}: output directory already exists (choose another --out or pass "
-                       "--overwrite)")
     ckpt = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise LspError(f"{args.checkpoint}: checkpoint file not found")
+    resolved = {"hw": args.hw, "block": cfg.block_str, "model": name, "checkpoint": ckpt,
+                "flops": r, "calib": args.calib, "method": args.method, "out": str(out),
+                "exclude": list(args.exclude), "data": args.data, "seed": args.seed,
+                "kappa": args.kappa, "smooth": args.smooth, "batch_size": args.batch_size,
+                **opts.record()}
+    with new_run(out, overwrite=args.overwrite) as tmp:  # a taken --out fails here, at once
+        alloc, source = _allocate(args, name, cfg, r, opts)
+        meta = {"model": name, "model_source": source, "checkpoint": ckpt,
+                "data": str(Path(args.data).resolve()) if args.data else None,
+                "seed": args.seed, "exclude": list(args.exclude), "args": resolved}
+        write_allocation(tmp, alloc, cfg, meta)
+    if not args.quiet:
+        print(summary_text(alloc, cfg, out))
+    return 0
 
+
+def _allocate(args: argparse.Namespace, name: str, cfg: Any, r: float, opts: Any) -> tuple:
+    """The model, its calibration images, and the allocation; returns ``(alloc, source)``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from models.data import calibration_data
     from models.registry import build_model
@@ -159,18 +173,7 @@ def run(args: argparse.Namespace) -> int:
                      exclude=args.exclude, kappa=args.kappa, smooth=args.smooth,
                      options=opts, micro_batch=args.batch_size, seed=args.seed,
                      progress=not args.quiet, total=args.calib, model_name=name)
-    resolved = {"hw": args.hw, "block": cfg.block_str, "model": name, "checkpoint": ckpt,
-                "flops": r, "calib": args.calib, "method": args.method, "out": str(out),
-                "exclude": list(args.exclude), "data": args.data, "seed": args.seed,
-                "kappa": args.kappa, "smooth": args.smooth, "batch_size": args.batch_size,
-                **opts.record()}
-    meta = {"model": name, "model_source": source, "checkpoint": ckpt,
-            "data": str(Path(args.data).resolve()) if args.data else None, "seed": args.seed,
-            "exclude": list(args.exclude), "args": resolved}
-    write_allocation(out, alloc, cfg, meta, overwrite=args.overwrite)
-    if not args.quiet:
-        print(summary_text(alloc, cfg, out))
-    return 0
+    return alloc, source
 
 
 def summary_text(alloc: Any, cfg: Any, out: Path) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import table
 from ..masking import FinetuneError, check_masked
-from ..rundir import EVALUATE_JSON, write_evaluate
+from ..rundir import EVALUATE_JSON, finetuned_weights, weights_stamp, write_evaluate
 from ._runs import dense_model, pruned_model, read_model_run
 
 ORDER = 50
@@ -77,13 +77,14 @@ def evaluate_run(run_dir: str | os.PathLike, *, test_images: int | None = None,
     loader = test_loader(run.model_name, test_images, batch_size, folder=folder)
     models = {"dense": dense_model(run)}
     models["pruned"], em = pruned_model(run)
-    if run.finetuned is not None:
-        finetuned = dense_model(run, run.finetuned)
+    stamp = weights_stamp(run)
+    weights = finetuned_weights(run)
+    if weights is not None:
+        finetuned = dense_model(run, weights)
         try:
             check_masked(finetuned, em)
         except FinetuneError as exc:
-            raise FinetuneError(f"{run.finetuned}: does not respect the run's masks: "
-                                f"{exc}") from None
+            raise FinetuneError(f"{weights}: does not respect the run's masks: {exc}") from None
         models["finetuned"] = finetuned
     res = evaluate_models(models, loader, reference="dense", progress=progress)
     record = {
@@ -100,7 +101,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, test_images: int | None = None,
     }
     if "finetuned" not in models:
         record["models"]["finetuned"] = None
-    write_evaluate(run, record)
+    write_evaluate(run, record, stamp)
     return record
 
 

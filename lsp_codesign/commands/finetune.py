@@ -69,9 +69,9 @@ def finetune_run(run_dir: str | os.PathLike, *, epochs: int = 1, lr: float | Non
     run = read_model_run(run_dir)
     if lr is None:
         lr = model_info(run.model_name).finetune_lr
-    out = run.file(FINETUNED)
-    if out.exists() and not overwrite:
-        raise FinetuneError(f"{out}: already exists (pass --overwrite to replace it)")
+    if run.file(FINETUNED).exists() and not overwrite:  # checked again before writing
+        raise FinetuneError(f"{run.file(FINETUNED)}: already exists (pass --overwrite to "
+                            "replace it)")
     folder = data if data is not None else run.data
     loader = train_loader(run.model_name, train_images, seed, batch_size, folder=folder)
     torch.manual_seed(seed)
@@ -98,8 +98,8 @@ def finetune_run(run_dir: str | os.PathLike, *, epochs: int = 1, lr: float | Non
         "data": str(folder) if folder is not None else None,
         "history": history, "seconds": round(seconds, 2), "torch": torch.__version__,
     }
-    write_finetune(run, model, record, lambda m, path: save_checkpoint(
-        m, path, model_name=run.model_name, metadata={"lsp_masks": str(run.file(MASKS))}))
+    write_finetune(run, lambda path, meta: save_checkpoint(
+        model, path, model_name=run.model_name, metadata=meta), record, overwrite=overwrite)
     return record
 
 

@@ -8,8 +8,9 @@ import sys
 from ..errors import LspError
 from ..masks_io import load_masks
 from ..report import build_report, measured_from_verify
-from ..rundir import HW_YAML, REPORT_DIR, read_run, read_verify, write_report
+from ..rundir import HW_YAML, REPORT_DIR, VERIFY_JSON, read_run, read_verify, write_report
 from ._common import add_hw_args, hw_from_args
+from ._runs import note_hw_override
 
 ORDER = 20
 
@@ -53,18 +54,32 @@ def _model_gemms(name: str) -> list[tuple[str, int, int, int]]:
     return [(s.name, s.m, s.n, s.k) for s in shapes]
 
 
+def _run_dir_inputs(args: argparse.Namespace) -> tuple:
+    """Config, masks, measured figures and output folder of a report on a run directory."""
+    if args.hw is None:
+        run = read_run(args.run_dir)  # hw.yaml must be the config that priced the allocation
+        if any(getattr(args, k, None) is not None for k in ("block", "array", "dataflow")):
+            run = read_run(args.run_dir, hw=hw_from_args(args, str(run.file(HW_YAML))))
+    else:
+        run = read_run(args.run_dir, hw=hw_from_args(args))
+    note_hw_override("report", run)
+    measured = None
+    ver = None if args.masks else read_verify(run)
+    if ver is not None and ver.matches(run):
+        measured = measured_from_verify(ver)
+    elif ver is not None:
+        print(f"lsp-codesign report: note: {run.file(VERIFY_JSON)} was measured on another "
+              "allocation, config or masks; showing model figures only", file=sys.stderr)
+    ms = load_masks(args.masks) if args.masks else run.masks
+    return run.hw, ms, measured, args.out or run.file(REPORT_DIR)
+
+
 def run(args: argparse.Namespace) -> int:
     masks = None
     measured = None
     out_dir = args.out
     if args.run_dir:
-        run = read_run(args.run_dir, need_hw=args.hw is None)
-        cfg = hw_from_args(args, str(run.file(HW_YAML)) if args.hw is None else args.hw)
-        ms = load_masks(args.masks) if args.masks else run.masks
-        ver = read_verify(run)
-        if ver is not None and args.hw is None and args.block is None:
-            measured = measured_from_verify(ver)
-        out_dir = out_dir or run.file(REPORT_DIR)
+        cfg, ms, measured, out_dir = _run_dir_inputs(args)
     else:
         if args.hw is None:
             raise LspError("--hw is required without a run directory")

@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import HwConfig
+from ..config import HwConfig, load_config
 from ..errors import LspError
-from ..rundir import HW_YAML, write_verify
+from ..rundir import HW_YAML, Run, finetuned_weights, write_verify
 from ..verify import (SIMS, Runner, VerifyMismatch, VerifyResult, iss_runner, sample_layers,
                       verify_layers)
-from ._runs import pruned_model, read_model_run
+from ._runs import note_hw_override, pruned_model, read_model_run
 
 ORDER = 60
 
@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "every hardware counter against the cycle/energy model of the run's "
                     "hw.yaml. Writes RUN_DIR/verify.json; exits 1 on any mismatch.")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--hw", metavar="CFG",
+                   help="check against this config instead of the run's hw.yaml (a config "
+                        "changed since allocate is refused unless given here)")
     p.add_argument("--sim", choices=("verilator", "icarus", "iss"), default="verilator",
                    help="HDL simulator (iss: the plain-Python reference, no RTL)")
     p.add_argument("--layers", default="all", metavar="all|N",
@@ -77,8 +80,8 @@ def capture_inputs(model, names: Sequence[str], image) -> dict[str, np.ndarray]:
 
 
 def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "all",
-               dense: bool = True, progress: bool = True,
-               runner: Runner | None = None) -> VerifyResult:
+               dense: bool = True, progress: bool = True, runner: Runner | None = None,
+               hw: HwConfig | None = None) -> VerifyResult:
     """Verify a run directory layer by layer (finetuned weights when the run has them).
 
     Each layer's real input is captured by running the pruned model on one calibration image
@@ -87,32 +90,41 @@ def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "al
     """
     if sim not in SIMS:
         raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {sim!r}")
-    run = read_model_run(run_dir, need_hw=True)
+    return _verify(read_model_run(run_dir, hw=hw), sim, layers, dense, progress, runner)[0]
+
+
+def _verify(run: Run, sim: str, layers: str, dense: bool, progress: bool,
+            runner: Runner | None) -> tuple[VerifyResult, Path | None]:
+    """The checks of :func:`verify_run`; also returns the finetuned weights used, if any."""
     cfg = run.hw
     if cfg.engine != "block_sparse":
-        raise LspError(f"{run.path}: {HW_YAML} is a {cfg.engine} config; only the block_sparse "
-                       "engine has RTL to verify against")
+        raise LspError(f"{cfg.source or run.file(HW_YAML)}: a {cfg.engine} config; only the "
+                       "block_sparse engine has RTL to verify against")
     names = sample_layers(run.masks.order, layers, run.seed)
     t0 = time.perf_counter()
 
     from models.data import calibration_loader
 
-    model, _em = pruned_model(run, run.finetuned)
+    weights = finetuned_weights(run)
+    model, _em = pruned_model(run, weights)
     images, _labels = next(iter(calibration_loader(run.model_name, 1, run.seed, 1)))
     inputs = capture_inputs(model, names, images)
     mods = dict(model.named_modules())
-    weights = {name: mods[name].weight.detach().double().numpy() for name in names}
-    checks = verify_layers(cfg, run.masks, names, inputs, weights,
+    w = {name: mods[name].weight.detach().double().numpy() for name in names}
+    checks = verify_layers(cfg, run.masks, names, inputs, w,
                            runner=runner or (iss_runner if sim == "iss" else rtl_runner(sim)),
-                           dense=dense, progress=progress, where=str(run.path / HW_YAML))
+                           dense=dense, progress=progress, where=cfg.source)
     return VerifyResult(run_dir=str(run.path), sim=sim, config=cfg.to_dict(), layers=checks,
-                        wall_s=time.perf_counter() - t0)
+                        wall_s=time.perf_counter() - t0), weights
 
 
 def run(args: argparse.Namespace) -> int:
-    res = verify_run(args.run_dir, sim=args.sim, layers=args.layers, dense=not args.no_dense,
-                     progress=True)
-    path = write_verify(args.run_dir, res)
+    if args.sim not in SIMS:
+        raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {args.sim!r}")
+    run = read_model_run(args.run_dir, hw=load_config(args.hw) if args.hw else None)
+    note_hw_override("verify", run)
+    res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, None)
+    path = write_verify(run, res, weights=weights)
     print(res.table())
     t = res.totals()
     if "measured_speedup" in t:
