@@ -28,6 +28,8 @@ from .packing import BlockGrid, PackingError
 __all__ = ["MaskSet", "save_masks", "load_masks", "FORMAT"]
 
 FORMAT = "lsp-codesign-masks/1"
+MAX_DIM = 1 << 24  # M, N, K of a recorded GEMM
+MAX_LAYERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,19 @@ class MaskSet:
     masks: dict[str, np.ndarray]
 
     def __post_init__(self) -> None:
+        if len(self.order) > MAX_LAYERS or len(set(self.order)) != len(self.order):
+            raise LspError(f"mask set: the layer list has {len(self.order)} names, "
+                           f"{len(set(self.order))} distinct (at most {MAX_LAYERS})")
         if set(self.order) != set(self.masks) or set(self.masks) != set(self.gemms):
             raise LspError("mask set: layer names of order, gemms and masks differ")
         for name in self.order:
-            m_, n, k = self.gemms[name]
+            g = self.gemms[name]
+            if not (isinstance(name, str) and isinstance(g, tuple) and len(g) == 3
+                    and all(isinstance(v, int) and not isinstance(v, bool)
+                            and 1 <= v <= MAX_DIM for v in g)):
+                raise LspError(f"mask set: layer {str(name)[:80]!r}: the GEMM (M, N, K) must be "
+                               f"three integers from 1 to {MAX_DIM}, got {str(g)[:80]}")
+            m_, n, k = g
             try:
                 m = BlockGrid(k, n, self.block_k, self.block_n).check_mask(
                     self.masks[name], what=f"mask of {name}")
@@ -104,21 +115,25 @@ def load_masks(path: str | Path) -> MaskSet:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise LspError(f"{p}: not a readable safetensors file ({exc})") from None
+        raise LspError(f"{p}: not a readable safetensors file ({str(exc)[:160]})") from None
     if meta.get("format") != FORMAT:
         raise LspError(f"{p}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    bk, bn = parse_block(meta.get("block", ""), key="block", where=str(p))
     try:
-        bk, bn = parse_block(meta.get("block", ""), key="block", where=str(p))
-        gemms = {k: (int(v[0]), int(v[1]), int(v[2]))
-                 for k, v in json.loads(meta["gemms"]).items()}
-        order = tuple(json.loads(meta["order"]))
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
-        raise LspError(f"{p}: malformed metadata ({exc})") from None
+        gemms = json.loads(meta["gemms"])
+        order = json.loads(meta["order"])
+        if not (isinstance(gemms, dict) and isinstance(order, list)
+                and all(isinstance(n, str) for n in order)
+                and all(isinstance(v, list) for v in gemms.values())):
+            raise TypeError("'gemms' must map names to [M, N, K] and 'order' list names")
+        gemms = {k: tuple(v) for k, v in gemms.items()}
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise LspError(f"{p}: malformed metadata ({str(exc)[:120]})") from None
     if set(tensors) != set(order):
         missing = sorted(set(order) - set(tensors))
         extra = sorted(set(tensors) - set(order))
-        raise LspError(f"{p}: tensors do not match the layer list (missing {missing}, "
-                       f"extra {extra})")
+        raise LspError(f"{p}: tensors do not match the layer list (missing "
+                       f"{str(missing)[:120]}, extra {str(extra)[:120]})")
     try:
         return MaskSet(model=meta.get("model", ""), block_k=bk, block_n=bn, order=order,
                        gemms=gemms, masks=dict(tensors))

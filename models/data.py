@@ -306,6 +306,20 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
+def _open_image(path: str):
+    """An image file, decoded now: a truncated or corrupt file is a :class:`DataError`."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()
+            return img.convert("RGB")  # as torchvision's default loader
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot read this image ({msg})") from None
+
+
 def image_folder(path: str | os.PathLike, model_name: str):
     """Users' images in ImageFolder layout, preprocessed for ``model_name``.
 
@@ -334,7 +348,7 @@ def image_folder(path: str | os.PathLike, model_name: str):
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     try:
-        return ImageFolder(str(root), transform=model_transform(model_name))
+        return ImageFolder(str(root), transform=model_transform(model_name), loader=_open_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{root}: no usable images in ImageFolder layout ROOT/<class>/<image> "
                         f"({exc})") from None

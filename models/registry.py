@@ -254,6 +254,10 @@ def build_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple
         raise UnknownModelError(f"unknown model {name!r} (registered: "
                                 f"{', '.join(list_models())}; or any timm ViT name){hint}")
     model = timm.create_model(name, pretrained=False)
+    if not (hasattr(model, "patch_embed") and hasattr(model, "blocks")):
+        raise UnknownModelError(f"{name!r} is a timm model but not a Vision Transformer (no "
+                                "patch embedding and transformer blocks); give a ViT or DeiT "
+                                "name")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, model_name=name)
     return model.eval(), "timm"

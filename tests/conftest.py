@@ -41,7 +41,7 @@ def tpu():
 
 
 def write_test_run(path, masks, *, checkpoint=None, seed=0, data=None, method="random-test",
-                   flops_target=None, cfg=None):
+                   flops_target=None, cfg=None, overwrite=False):
     """A run directory for ``masks`` written through :mod:`lsp_codesign.rundir` (not by the
     allocator): allocation.json with the fields the commands read, the masks, and ``cfg``
     (default: configs/vita.yaml with the masks' block) as hw.yaml."""
@@ -54,4 +54,4 @@ def write_test_run(path, masks, *, checkpoint=None, seed=0, data=None, method="r
            "data": None if data is None else str(data), "method": method,
            "flops_target": flops_target, "block": masks.block_str, "seed": seed,
            "hw": {"name": cfg.name, "config_hash": cfg.config_hash()}}
-    return write_run(path, doc, masks, cfg)
+    return write_run(path, doc, masks, cfg, overwrite=overwrite)

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,15 +53,22 @@ def parse_gemm(text: str) -> tuple[int, int, int]:
     return vals["M"], vals["N"], vals["K"]
 
 
-def load_mask_arg(path: str, layer: str | None) -> np.ndarray:
+def load_mask_arg(path: str, layer: str | None) -> tuple[np.ndarray, Any]:
+    """The mask of ``--mask`` (and ``--layer``), and the mask set it came from (or None)."""
     p = Path(path)
     if not p.is_file():
         raise LspError(f"--mask: {p}: file not found")
     if p.suffix == ".npy":
         try:
-            return np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise LspError(f"--mask: {p}: not a readable .npy array ({exc})") from None
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise LspError(f"--mask: {p}: not a readable .npy array ({msg})") from None
+        if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype.kind not in "biuf":
+            raise LspError(f"--mask: {p}: expected a 2-D array of 0/1 or booleans (KB, NB), "
+                           f"got shape {getattr(arr, 'shape', '?')} of "
+                           f"{getattr(arr, 'dtype', '?')}")
+        return arr, None
     if p.suffix == ".safetensors":
         from ..masks_io import load_masks
 
@@ -69,15 +77,28 @@ def load_mask_arg(path: str, layer: str | None) -> np.ndarray:
             raise LspError(f"--mask: {p} holds {len(ms.order)} layers; choose one with --layer "
                            f"(e.g. {ms.order[0]})")
         if layer not in ms.masks:
-            raise LspError(f"--layer: {layer!r} is not in {p}")
-        return ms.masks[layer]
+            raise LspError(f"--layer: {layer[:80]!r} is not in {p}")
+        return ms.masks[layer], ms
     raise LspError(f"--mask: {p}: expected a .npy or .safetensors file")
+
+
+def _check_mask_file(ms: Any, layer: str, cfg: Any, n: int, k: int, path: str) -> None:
+    """A masks file's layer must be used with its own block and weight shape."""
+    if ms.block != cfg.block:
+        raise LspError(f"--mask: {path} was made for block {ms.block_str}, but the config's "
+                       f"block is {cfg.block_str}; pass --block {ms.block_str}")
+    _m, n_file, k_file = ms.gemms[layer]
+    if (n, k) != (n_file, k_file):
+        raise LspError(f"--gemm: N={n}, K={k}, but layer {layer} of {path} has N={n_file}, "
+                       f"K={k_file}")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = hw_from_args(args)
     m, n, k = parse_gemm(args.gemm)
-    mask = load_mask_arg(args.mask, args.layer) if args.mask else None
+    mask, ms = load_mask_arg(args.mask, args.layer) if args.mask else (None, None)
+    if ms is not None:
+        _check_mask_file(ms, args.layer, cfg, n, k, args.mask)
     est = estimate_layer(cfg, m, n, k, mask, name="gemm")
     dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
     if args.json:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from ..atomic import check_output_path
 from ..errors import LspError
 from ..masks_io import load_masks
 from ..report import build_report, measured_from_verify
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     masks = None
     measured = None
     out_dir = args.out
+    if out_dir and not Path(out_dir).is_dir():
+        check_output_path(out_dir, overwrite=False)  # a file or a path under one: fail now
     if args.run_dir:
         cfg, ms, measured, out_dir = _run_dir_inputs(args)
     else:
