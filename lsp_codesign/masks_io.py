@@ -127,6 +127,7 @@ def load_masks(path: str | Path) -> MaskSet:
                 and all(isinstance(v, list) for v in gemms.values())):
             raise TypeError("'gemms' must map names to [M, N, K] and 'order' list names")
         gemms = {k: tuple(v) for k, v in gemms.items()}
+        order = tuple(order)
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise LspError(f"{p}: malformed metadata ({str(exc)[:120]})") from None
     if set(tensors) != set(order):
