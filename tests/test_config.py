@@ -186,12 +186,13 @@ def test_duplicate_keys_and_aliases_are_refused(tmp_path):
 
 
 def test_billion_laughs_fails_at_once(tmp_path):
-    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, 10):
         prev, cur = chr(96 + i), chr(97 + i)
-        lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
-    lines.append("description: *j")
-    path = _write(tmp_path, "\n".join(lines) + "\n")
+        levels.append(f"&{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    # 9^9 "lol"s once expanded, inside a key that exists (an unknown key would stop it early)
+    path = _write(tmp_path, _vita_text(**{"description: ViTA-like": "description: ["
+                                          + ", ".join(levels) + "] #"}))
     assert path.stat().st_size < 2048
     with pytest.raises(ConfigError) as exc:
         load_config(path)
