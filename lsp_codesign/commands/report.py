@@ -10,7 +10,8 @@ from ..atomic import check_output_path
 from ..errors import LspError
 from ..masks_io import load_masks
 from ..report import build_report, measured_from_verify
-from ..rundir import HW_YAML, REPORT_DIR, VERIFY_JSON, read_run, read_verify, write_report
+from ..rundir import (HW_YAML, VERIFY_JSON, Run, read_run, read_verify, write_report,
+                      write_run_report)
 from ._common import add_hw_args, hw_from_args
 from ._runs import note_hw_override
 
@@ -57,7 +58,7 @@ def _model_gemms(name: str) -> list[tuple[str, int, int, int]]:
 
 
 def _run_dir_inputs(args: argparse.Namespace) -> tuple:
-    """Config, masks, measured figures and output folder of a report on a run directory."""
+    """Config, masks, measured figures and output (a folder, or the run) of a run's report."""
     if args.hw is None:
         run = read_run(args.run_dir)  # hw.yaml must be the config that priced the allocation
         if any(getattr(args, k, None) is not None for k in ("block", "array", "dataflow")):
@@ -73,7 +74,7 @@ def _run_dir_inputs(args: argparse.Namespace) -> tuple:
         print(f"lsp-codesign report: note: {run.file(VERIFY_JSON)} was measured on another "
               "allocation, config or masks; showing model figures only", file=sys.stderr)
     ms = load_masks(args.masks) if args.masks else run.masks
-    return run.hw, ms, measured, args.out or run.file(REPORT_DIR)
+    return run.hw, ms, measured, args.out or run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(rep.to_dict(), indent=2))
     if out_dir:
-        out = write_report(out_dir, rep)
+        out = write_run_report(out_dir, rep) if isinstance(out_dir, Run) else write_report(
+            out_dir, rep)
         print(f"wrote {out}/report.md, report.json and plots", file=sys.stderr)
     return 0

@@ -38,7 +38,7 @@ from .records import (ALLOCATION_JSON, CURVES, EVALUATE_JSON, FINETUNE_JSON, FIN
                       RunDirError, VerifiedLayer, VerifyRecord, write_json)
 from .write import (allocation_document, new_run, run_lock, weights_stamp, write_allocation,
                     write_evaluate, write_finetune, write_report, write_run, write_run_files,
-                    write_verify)
+                    write_run_report, write_verify)
 
 __all__ = [
     "FORMAT", "ALLOCATION_JSON", "MASKS", "HW_YAML", "CURVES", "PLOTS", "VERIFY_JSON",
@@ -47,5 +47,5 @@ __all__ = [
     "read_run", "read_allocation", "read_verify", "finetuned_weights", "is_run_dir",
     "file_stamp", "new_run", "write_run", "write_run_files", "allocation_document",
     "write_allocation", "run_lock", "weights_stamp", "write_verify", "write_finetune",
-    "write_evaluate", "write_report", "write_json",
+    "write_evaluate", "write_report", "write_run_report", "write_json",
 ]

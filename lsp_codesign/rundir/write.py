@@ -12,12 +12,13 @@ from ..config import HwConfig
 from ..masks_io import MaskSet
 from .read import file_stamp, is_run_dir, read_allocation
 from .records import (ALLOCATION_JSON, CURVES, EVALUATE_JSON, FINETUNE_JSON, FINETUNED, FORMAT,
-                      HASH_KEY, HW_YAML, MASKS, PLOTS, VERIFY_FORMAT, VERIFY_JSON, WEIGHTS_KEY,
+                      HASH_KEY, HW_YAML, MASKS, PLOTS, REPORT_DIR, VERIFY_FORMAT, VERIFY_JSON,
+                      WEIGHTS_KEY,
                       Run, RunDirError, allocation_hash, plain_json, write_json)
 
 __all__ = ["new_run", "run_lock", "write_run", "write_run_files", "allocation_document",
            "write_allocation", "write_verify", "weights_stamp", "write_finetune",
-           "write_evaluate", "write_report"]
+           "write_evaluate", "write_report", "write_run_report"]
 
 
 @contextlib.contextmanager
@@ -207,3 +208,10 @@ def write_report(out_dir: str | Path, rep: Any) -> Path:
     write_json(out / "report.json", rep.to_dict())
     save_plots(rep, out)
     return out
+
+
+def write_run_report(run: Run, rep: Any) -> Path:
+    """:func:`write_report` into the run's ``report/``, under the run's lock."""
+    with run_lock(run):
+        _check_unchanged(run)
+        return write_report(run.file(REPORT_DIR), rep)
