@@ -324,3 +324,20 @@ def test_usage_errors_are_one_line(capsys):
         main(["estimate", "--hw", VITA, "--gemm"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("fmt, message", [
+    ("lsp-codesign-allocation/1", "is older than this lsp-codesign reads"),
+    ("lsp-codesign-allocation/3", "was written by a newer lsp-codesign"),
+    (None, "is not a run directory format this lsp-codesign reads"),
+])
+def test_other_run_directory_formats_are_named(tmp_path, capsys, fmt, message):
+    rd = write_test_run(tmp_path / "run", toy_masks())
+    doc = json.loads((rd / "allocation.json").read_text())
+    if fmt is None:
+        del doc["format"]
+    else:
+        doc["format"] = fmt
+    (rd / "allocation.json").write_text(json.dumps(doc))
+    rc, _, err = cli(capsys, "report", rd)
+    assert rc == 2 and one_line_error(err, "report") and message in err
