@@ -14,8 +14,12 @@ mean cross entropy, and the mean KL(dense || pruned). The modes:
 
 For each mode it reports the pooled Spearman correlation of predicted delta against the
 measured CE increase and against KL over every (layer, ratio) point, Kendall's tau across
-layers at 25/50/75 % pruned, the median ratio delta / measured CE increase, and how many
-curves end below zero. Prints a table, writes ``bench/results/curve_fidelity.json`` and plots
+layers at 25/50/75 % pruned, the median ratio delta / measured CE increase, how many curves end
+below zero, and the mean damage at 50 % pruned (how good the mode's block order is). The
+allocator compares whole allocations, so it also reports a joint metric: 40 random
+allocations that keep the same MACs (half the linear layers' blocks) prune every layer at once
+along the mode's order, and the Spearman correlation of the sum of the layers' delta against the
+measured CE increase, KL and top-1 drop says whether the curves rank them right. Prints a table, writes ``bench/results/curve_fidelity.json`` and plots
 predicted against measured, one panel per mode (``curve_fidelity.png``).
 
 Run from the repository root (about 15 minutes on one core)::
@@ -111,28 +115,39 @@ class Damage:
         return torch.cat([self.model(x) for x in self.images.split(500)])
 
     def __call__(self, name: str, block_mask: np.ndarray, grid) -> tuple[float, float]:
+        key = (name, hashlib.sha1(np.packbits(block_mask).tobytes()).hexdigest())
+        if key not in self.cache:
+            ce, kl, _ = self.joint({name: (block_mask, grid)})
+            self.cache[key] = (ce, kl)
+        return self.cache[key]
+
+    def joint(self, masks: dict) -> tuple[float, float, float]:
+        """CE increase, KL and top-1 drop with every layer of ``masks`` pruned at once
+        (``{name: (block_mask, grid)}``)."""
         import torch
         import torch.nn.functional as F
 
-        key = (name, hashlib.sha1(np.packbits(block_mask).tobytes()).hexdigest())
-        if key in self.cache:
-            return self.cache[key]
-        mod = self.modules[name]
-        keep = np.repeat(np.repeat(block_mask, grid.block_k, 0), grid.block_n, 1)
-        keep = torch.from_numpy(keep[:grid.k, :grid.n].copy())
-        saved = mod.weight.detach().clone()
+        saved = {}
         try:
+            for name, (block_mask, grid) in masks.items():
+                mod = self.modules[name]
+                keep = np.repeat(np.repeat(block_mask, grid.block_k, 0), grid.block_n, 1)
+                keep = torch.from_numpy(keep[:grid.k, :grid.n].copy())
+                saved[name] = mod.weight.detach().clone()
+                with torch.no_grad():
+                    mod.weight.mul_(keep.to(mod.weight.dtype))
             with torch.no_grad():
-                mod.weight.mul_(keep.to(mod.weight.dtype))
                 logp = F.log_softmax(self._logits(), dim=-1)
         finally:
             with torch.no_grad():
-                mod.weight.copy_(saved)
+                for name, w in saved.items():
+                    self.modules[name].weight.copy_(w)
         ce = float(F.nll_loss(logp, self.labels)) - self.ref_ce
         kl = float((self.ref_logp.exp() * (self.ref_logp - logp)).sum(-1).mean())
+        top1 = float((self.ref_logp.argmax(-1) == self.labels).float().mean()
+                     - (logp.argmax(-1) == self.labels).float().mean())
         self.evaluations += 1
-        self.cache[key] = (ce, kl)
-        return ce, kl
+        return ce, kl, top1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +254,51 @@ def score_mode(rows: list[dict], curves: dict[str, tuple]) -> dict:
     return out
 
 
+def random_allocations(curves: dict[str, tuple], count: int, target: float,
+                       seed: int) -> list[dict[str, float]]:
+    """``count`` random kept fractions per layer with the same whole-layer MACs, ``target``
+    of the linear layers' (the decision the allocator makes: where to prune at a fixed
+    budget). Each layer draws ``u ** p`` (``u`` uniform, ``p`` in [0.3, 3], so some layers are
+    pruned nearly whole and some barely); one common scale then meets the budget."""
+    rng = np.random.default_rng(seed)
+    macs = {name: int(grid.n_blocks) * 1.0 for name, (_, _, grid) in curves.items()}
+    total = sum(macs.values())
+    out = []
+    for _ in range(count):
+        u = {n: float(rng.uniform() ** rng.uniform(0.3, 3.0)) for n in curves}
+        lo, hi = 0.0, 1e3
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            f = sum(min(1.0, mid * u[n]) * macs[n] for n in curves) / total
+            lo, hi = (mid, hi) if f < target else (lo, mid)
+        out.append({n: min(1.0, hi * u[n]) for n in curves})
+    return out
+
+
+def joint_scores(curves: dict[str, tuple], allocs: list[dict[str, float]],
+                 damage: Damage) -> dict:
+    """Does the sum of the layers' curves rank whole allocations at equal budget as the
+    measured damage does? Each allocation prunes every layer at once along the mode's order."""
+    pred, ce, kl, top1 = [], [], [], []
+    for a in allocs:
+        masks, total = {}, 0.0
+        for name, (order, delta, grid) in curves.items():
+            k = int(round((1.0 - a[name]) * grid.n_blocks))
+            mask = np.ones(grid.n_blocks, dtype=bool)
+            mask[order[:k]] = False
+            masks[name] = (mask.reshape(grid.shape), grid)
+            total += float(delta[k])
+        c, k_, t = damage.joint(masks)
+        pred.append(total)
+        ce.append(c)
+        kl.append(k_)
+        top1.append(t)
+    return {"joint_spearman_ce": spearman(pred, ce), "joint_spearman_kl": spearman(pred, kl),
+            "joint_spearman_top1_drop": spearman(pred, top1),
+            "joint_tau_ce": kendall_tau_b(pred, ce), "joint_allocations": len(allocs),
+            "joint_mean_ce": float(np.mean(ce))}
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -255,11 +315,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also fisher and ggn with this many samples per image (first-order "
                         "off): is a curvature's gap sampling noise?")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--joint", type=int, default=40,
+                   help="random whole-model allocations at equal MACs for the joint metric")
+    p.add_argument("--joint-target", type=float, default=0.5,
+                   help="kept fraction of the linear layers' blocks in those allocations")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--from-json", type=Path, help="only rebuild the table and plot")
     args = p.parse_args(argv)
     if args.quick:
-        args.calib, args.test_images, args.blocks = 256, 500, ["16x16"]
+        args.calib, args.test_images, args.blocks, args.joint = 256, 500, ["16x16"], 8
         args.extra_samples = []
     if args.out is None:
         args.out = (ROOT / "build" / "curve_fidelity_quick" if args.quick
@@ -307,30 +371,37 @@ def run(args: argparse.Namespace) -> dict:
                 modes.update(curvature_curves(cal, cfg, kappa, first_orders=(False,)))
         modes.update(reference_curves(model, loader, cal, cfg, kappa))
         res = {"calibration_s": timings, "modes": {}}
+        allocs = None
         for mode, curves in modes.items():
             t0 = time.perf_counter()
             rows = points(curves, damage)
-            res["modes"][mode] = {"metrics": score_mode(rows, curves), "rows": rows}
-            m = res["modes"][mode]["metrics"]
+            metrics = score_mode(rows, curves)
+            if allocs is None:
+                allocs = random_allocations(curves, args.joint, args.joint_target, args.seed)
+            metrics.update(joint_scores(curves, allocs, damage))
+            res["modes"][mode] = {"metrics": metrics, "rows": rows}
+            m = metrics
             print(f"{block} {mode:45s} spearman CE {m['spearman_ce']:.3f}  KL "
                   f"{m['spearman_kl']:.3f}  tau50 {m['tau_50']:.3f}  below0 "
-                  f"{m['curves_below_zero']}  ({time.perf_counter() - t0:.0f} s, "
-                  f"{damage.evaluations} evaluations)", flush=True)
+                  f"{m['curves_below_zero']}  joint {m['joint_spearman_ce']:.3f}  "
+                  f"({time.perf_counter() - t0:.0f} s, {damage.evaluations} evaluations)",
+                  flush=True)
         result["blocks"][block] = res
     return result
 
 
 def table(result: dict) -> str:
     lines = ["| block | mode | Spearman δ~ΔCE | Spearman δ~KL | τ 25% | τ 50% | τ 75% | "
-             "median δ/ΔCE | curves < 0 at 100% | mean ΔCE at 50% |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "median δ/ΔCE | curves < 0 at 100% | mean ΔCE at 50% | joint Spearman Σδ~ΔCE |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for block, res in result["blocks"].items():
         for mode, r in res["modes"].items():
             m = r["metrics"]
             med = "-" if m["median_delta_over_ce"] is None else f"{m['median_delta_over_ce']:.2f}"
             lines.append(f"| {block} | {mode} | {m['spearman_ce']:.3f} | {m['spearman_kl']:.3f} "
                          f"| {m['tau_25']:.2f} | {m['tau_50']:.2f} | {m['tau_75']:.2f} | {med} "
-                         f"| {m['curves_below_zero']} | {m['mean_ce_at_50']:.3f} |")
+                         f"| {m['curves_below_zero']} | {m['mean_ce_at_50']:.3f} | "
+                         f"{m['joint_spearman_ce']:.3f} |")
     return "\n".join(lines)
 
 
