@@ -293,7 +293,12 @@ def joint_scores(curves: dict[str, tuple], allocs: list[dict[str, float]],
         ce.append(c)
         kl.append(k_)
         top1.append(t)
+    rng = np.random.default_rng(0)
+    boot = [spearman(np.asarray(pred)[i], np.asarray(ce)[i])
+            for i in (rng.integers(0, len(pred), len(pred)) for _ in range(200))]
     return {"joint_spearman_ce": spearman(pred, ce), "joint_spearman_kl": spearman(pred, kl),
+            "joint_spearman_ce_bootstrap_std": float(np.nanstd(boot)),
+            "joint_rows": {"pred": pred, "ce": ce, "kl": kl, "top1_drop": top1},
             "joint_spearman_top1_drop": spearman(pred, top1),
             "joint_tau_ce": kendall_tau_b(pred, ce), "joint_allocations": len(allocs),
             "joint_mean_ce": float(np.mean(ce))}
