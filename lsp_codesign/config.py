@@ -1,10 +1,11 @@
 """The single hardware configuration of lsp-codesign.
 
-A :class:`HwConfig` is loaded once from YAML (``configs/*.yaml``), validated, and frozen. Every
-value that other parts need (array shape, memory word widths and depths, address widths, energy
-per event, the fixed cycle constants of the engine) is derived here, once. The RTL generator, the
-cycle/energy model, the compiler, the allocator and the reports all read this object; none of them
-re-derives a width, a depth or an energy figure on its own.
+A :class:`HwConfig` is loaded once from YAML (a file, or a preset of ``lsp_codesign/presets/``
+by name), validated, and frozen. Every value that other parts need (array shape, memory word
+widths and depths, address widths, energy per event, the fixed cycle constants of the engine) is
+derived here, once. The RTL generator, the cycle/energy model, the compiler, the allocator and
+the reports all read this object; none of them re-derives a width, a depth or an energy figure on
+its own.
 
 Importing this module does not import torch, amaranth or cocotb.
 """
@@ -418,12 +419,16 @@ class HwConfig:
 
 
 def load_config(path: str | Path, **overrides: Any) -> HwConfig:
-    """Load, validate and freeze a hardware config from a YAML file.
+    """Load, validate and freeze a hardware config from a YAML file or a preset's name.
 
-    The file is read by :func:`lsp_codesign.strict_yaml.read_yaml` (UTF-8 text, bounded size,
+    ``path`` is an existing file, or the name of a shipped preset (``vita``, ``vita.yaml``,
+    ``tpu_v3``: :func:`lsp_codesign.presets.resolve_config`). The file is read by :func:`lsp_codesign.strict_yaml.read_yaml` (UTF-8 text, bounded size,
     no aliases, no duplicate keys, ``1e3`` a number). Keyword arguments are passed to
     :meth:`HwConfig.with_overrides` (``block="32x64"``, ...).
     """
+    from .presets import resolve_config
+
+    path = resolve_config(path)
     try:
         raw = read_yaml(path, what="config file")
     except YamlError as exc:

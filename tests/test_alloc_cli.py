@@ -278,9 +278,11 @@ def test_existing_output_and_failure_midway_leave_no_partial_run(ckpt, tmp_path,
 
 
 def test_default_command_on_the_embedded_model(tmp_path, monkeypatch, capsys):
-    # `lsp-codesign allocate --hw configs/vita.yaml`: no model, no checkpoint, default out
+    # `lsp-codesign allocate --hw vita.yaml` from an empty directory: the preset by name, no
+    # model, no checkpoint, default out
     monkeypatch.chdir(tmp_path)
-    assert main(["allocate", "--hw", VITA, "--calib", "32"]) == 0
+    assert not any(tmp_path.iterdir())
+    assert main(["allocate", "--hw", "vita.yaml", "--calib", "32"]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "vit-mnist-lsp-16x16-f0.5"
     assert str(run.relative_to(tmp_path)) in out
