@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import HwConfig
 from .cycle_model import ENERGY_COMPONENTS, LayerEstimate, energy_breakdown, estimate_layer, p_m_pj
-from .table import format_table
+from .table import format_markdown, format_table
 
 __all__ = ["LayerReport", "ModelReport", "build_report", "measured_from_verify", "save_plots"]
 
@@ -146,18 +146,14 @@ class ModelReport:
         return f"energy by component ({which}): {parts}"
 
     def to_markdown(self) -> str:
-        header, rows = self._header(), self._rows() + [self._total_row()]
-        rows[-1] = [f"**{c}**" if c else c for c in rows[-1]]
-        out = [f"**{self._title()}**", "", "| " + " | ".join(header) + " |",
-               "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        out += ["", "Energy by component (uJ):", "",
-                "| component | dense | pruned | share of pruned |", "|---|---:|---:|---:|"]
+        table = format_markdown(self._header(), self._rows(), left=2, total=self._total_row())
         ed, ep = self.energy_by_component("dense"), self.energy_by_component("pruned")
         tot = sum(ep.values()) or 1.0
-        for comp in ENERGY_COMPONENTS:
-            out.append(f"| {comp} | {ed[comp] / 1e6:.3f} | {ep[comp] / 1e6:.3f} | "
-                       f"{100 * ep[comp] / tot:.1f}% |")
+        energy = format_markdown(
+            ["component", "dense", "pruned", "share of pruned"],
+            [[comp, f"{ed[comp] / 1e6:.3f}", f"{ep[comp] / 1e6:.3f}",
+              f"{100 * ep[comp] / tot:.1f}%"] for comp in ENERGY_COMPONENTS])
+        out = [f"**{self._title()}**", "", table, "", "Energy by component (uJ):", "", energy]
         if any(lr.measured for lr in self.layers):
             out += ["", "Layers marked RTL: cycles and every event count measured on the RTL "
                     "simulator by `lsp-codesign verify`; energy = measured events x the "

@@ -27,7 +27,7 @@ from .errors import LspError
 from .isa import COUNTERS, ERRORS
 from .masks_io import MaskSet
 from .quant import dequantize, quantize_activations, quantize_weights
-from .table import format_table
+from .table import render
 
 __all__ = ["LayerCheck", "VerifyResult", "VerifyMismatch", "verify_layers", "sample_layers",
            "iss_runner", "Runner", "SIMS"]
@@ -113,7 +113,8 @@ class VerifyResult:
                 "layers": [dict(asdict(lc), ok=lc.ok, measured_speedup=lc.measured_speedup,
                                 model_speedup=lc.model_speedup) for lc in self.layers]}
 
-    def table(self) -> str:
+    def table(self, fmt: str = "text") -> str:
+        """The per-layer table, ``text`` or ``markdown`` (:func:`lsp_codesign.table.render`)."""
         hdr = ["layer", "MxN->K", "kept", "RTL cycles", "model cycles", "dense RTL", "speedup",
                "Y", "counters"]
         rows = []
@@ -132,7 +133,7 @@ class VerifyResult:
                      "-" if sp is None else f"{sp:.2f}x",
                      "ok" if all(lc.y_match for lc in self.layers) else "FAIL",
                      "ok" if all(lc.counters_match for lc in self.layers) else "FAIL"])
-        return format_table(hdr, rows[:-1], left=2, total=rows[-1])
+        return render(fmt, hdr, rows[:-1], left=2, total=rows[-1])
 
 
 Runner = Callable[[HwConfig, Sequence[LayerProgram]], list]

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..cycle_model import estimate_layer, p_m_pj
 from ..errors import LspError
-from ._common import add_hw_args, hw_from_args
+from ..table import format_markdown, to_json
+from ._common import add_format_arg, add_hw_args, hw_from_args
 
 ORDER = 10
 
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block mask: a .npy (KB, NB) array of 0/1, or a masks.safetensors "
                         "with --layer")
     p.add_argument("--layer", help="layer name inside a masks.safetensors file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_format_arg(p, json_alias=True)
     p.set_defaults(func=run)
 
 
@@ -101,31 +102,53 @@ def run(args: argparse.Namespace) -> int:
         _check_mask_file(ms, args.layer, cfg, n, k, args.mask)
     est = estimate_layer(cfg, m, n, k, mask, name="gemm")
     dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
-    if args.json:
+    if args.format == "json":
         out = {"config": cfg.to_dict(), "p_m_pj": p_m_pj(cfg), "estimate": est.to_dict()}
         if mask is not None:
             out["dense"] = dense.to_dict()
             out["speedup"] = dense.cycles / est.cycles if est.cycles else None
-        print(json.dumps(out, indent=2))
-        return 0
-    c = cfg
-    print(f"{c.name}: {c.engine}, block {c.block_str}, BM={c.tile_m}, "
-          f"array {c.array_rows}x{c.array_cols}"
-          + (f", dataflow {c.dataflow}" if c.engine == "systolic" else "")
-          + f", {c.clock_mhz:g} MHz")
-    print(f"GEMM M={m} N={n} K={k}: kept blocks {est.kept_blocks}/{est.total_blocks}")
-    print(f"  cycles        {est.cycles:,}   ({est.time_us:.2f} us)")
-    if mask is not None:
-        speedup = dense.cycles / max(est.cycles, 1)
-        print(f"  dense cycles  {dense.cycles:,}   speedup {speedup:.2f}x")
-    print(f"  energy        {est.energy_total_pj / 1e6:.4f} uJ   power {est.power_mw:.1f} mW   "
-          f"utilisation {100 * est.utilization:.1f}%")
-    print(f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)")
-    print("  counters:")
-    for key, v in est.counters.items():
-        print(f"    {key:<12} {v:,}")
-    print("  energy by component (pJ):")
-    for key, v in est.energy_pj.items():
-        if v:
-            print(f"    {key:<12} {v:,.1f}")
+        print(to_json(out))
+    elif args.format == "markdown":
+        print(_markdown(cfg, m, n, k, est, dense if mask is not None else None))
+    else:
+        print(_text(cfg, m, n, k, est, dense if mask is not None else None))
     return 0
+
+
+def _title(cfg: Any) -> str:
+    c = cfg
+    return (f"{c.name}: {c.engine}, block {c.block_str}, BM={c.tile_m}, "
+            f"array {c.array_rows}x{c.array_cols}"
+            + (f", dataflow {c.dataflow}" if c.engine == "systolic" else "")
+            + f", {c.clock_mhz:g} MHz")
+
+
+def _text(cfg: Any, m: int, n: int, k: int, est: Any, dense: Any) -> str:
+    lines = [_title(cfg), f"GEMM M={m} N={n} K={k}: kept blocks {est.kept_blocks}/"
+             f"{est.total_blocks}", f"  cycles        {est.cycles:,}   ({est.time_us:.2f} us)"]
+    if dense is not None:
+        lines.append(f"  dense cycles  {dense.cycles:,}   speedup "
+                     f"{dense.cycles / max(est.cycles, 1):.2f}x")
+    lines += [f"  energy        {est.energy_total_pj / 1e6:.4f} uJ   power {est.power_mw:.1f} mW"
+              f"   utilisation {100 * est.utilization:.1f}%",
+              f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)", "  counters:"]
+    lines += [f"    {key:<12} {v:,}" for key, v in est.counters.items()]
+    lines.append("  energy by component (pJ):")
+    lines += [f"    {key:<12} {v:,.1f}" for key, v in est.energy_pj.items() if v]
+    return "\n".join(lines)
+
+
+def _markdown(cfg: Any, m: int, n: int, k: int, est: Any, dense: Any) -> str:
+    rows = [["kept blocks", f"{est.kept_blocks}/{est.total_blocks}"],
+            ["cycles", f"{est.cycles:,}"], ["time us", f"{est.time_us:.2f}"]]
+    if dense is not None:
+        rows += [["dense cycles", f"{dense.cycles:,}"],
+                 ["speedup", f"{dense.cycles / max(est.cycles, 1):.2f}x"]]
+    rows += [["energy uJ", f"{est.energy_total_pj / 1e6:.4f}"],
+             ["power mW", f"{est.power_mw:.1f}"],
+             ["utilisation", f"{100 * est.utilization:.1f}%"],
+             ["p_m pJ", f"{p_m_pj(cfg):.1f}"]]
+    rows += [[f"counter {key}", f"{v:,}"] for key, v in est.counters.items()]
+    rows += [[f"energy pJ {key}", f"{v:,.1f}"] for key, v in est.energy_pj.items() if v]
+    return (f"**{_title(cfg)}; GEMM M={m} N={n} K={k}**\n\n"
+            + format_markdown(["quantity", "value"], rows))

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from .. import table
 from ..masking import FinetuneError, check_masked
 from ..rundir import EVALUATE_JSON, finetuned_weights, weights_stamp, write_evaluate
+from ._common import add_format_arg
 from ._runs import dense_model, pruned_model, read_model_run
 
 ORDER = 50
@@ -34,11 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="labelled test images, ImageFolder layout (needed for DeiT)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_format_arg(p)
     p.set_defaults(func=run)
 
 
-def format_table(rec: dict) -> str:
-    """The evaluate record as an aligned text table."""
+def format_table(rec: dict, fmt: str = "text") -> str:
+    """The evaluate record as an aligned ``text`` or a ``markdown`` table."""
     title = (f"{rec['model']}  method {rec.get('method')}  FLOPs target "
              f"{rec.get('flops_target')}  block {rec['block']}  blocks kept "
              f"{rec['blocks_kept']}/{rec['blocks_total']}  test images {rec['test_images']}")
@@ -52,10 +55,15 @@ def format_table(rec: dict) -> str:
         rows.append([name, "-" if r["top1"] is None else f"{100 * r['top1']:.2f}",
                      "-" if r["correct"] is None else str(r["correct"]),
                      f"{r['kl_to_dense']:.4f}"])
-    lines = table.format_table(["model", "top-1 %", "correct", "KL to dense"], rows, sep=" ",
-                               min_widths=(10, 8, 9, 12), rules=False).split("\n")
+    header = ["model", "top-1 %", "correct", "KL to dense"]
+    note = "(not finetuned yet: run 'lsp-codesign finetune RUN_DIR')"
+    if fmt == "markdown":
+        text = table.format_markdown(header, rows)
+        return "\n".join([f"**{title}**", "", text] + (["", note] if missing is not None else []))
+    lines = table.format_table(header, rows, sep=" ", min_widths=(10, 8, 9, 12),
+                               rules=False).split("\n")
     if missing is not None:
-        lines[missing + 1] += "  (not finetuned yet: run 'lsp-codesign finetune RUN_DIR')"
+        lines[missing + 1] += f"  {note}"
     return "\n".join([title, *lines])
 
 
@@ -109,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rec = evaluate_run(args.run_dir, test_images=args.test_images, batch_size=args.batch_size,
                        data=args.data, progress=not args.no_progress)
-    print(format_table(rec))
+    if args.format == "json":
+        print(table.to_json(rec))
+        print(f"wrote {args.run_dir}/{EVALUATE_JSON}", file=sys.stderr)
+        return 0
+    print(format_table(rec, args.format))
     print(f"wrote {args.run_dir}/{EVALUATE_JSON}")
     return 0

@@ -10,9 +10,10 @@ from ..atomic import check_output_path
 from ..errors import LspError
 from ..masks_io import load_masks
 from ..report import build_report, measured_from_verify
+from ..table import to_json
 from ..rundir import (HW_YAML, VERIFY_JSON, Run, read_run, read_verify, write_report,
                       write_run_report)
-from ._common import add_hw_args, hw_from_args
+from ._common import add_format_arg, add_hw_args, hw_from_args
 from ._runs import note_hw_override
 
 ORDER = 20
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model",
                    help="model name for dense layer shapes (e.g. deit_small_patch16_224)")
     p.add_argument("--masks", metavar="FILE", help="masks.safetensors to report pruned figures for")
-    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    add_format_arg(p)
     p.add_argument("--out", metavar="DIR",
                    help="write report.md, report.json and plots here (default with RUN_DIR: "
                         "RUN_DIR/report)")
@@ -39,22 +40,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_gemms(name: str) -> list[tuple[str, int, int, int]]:
-    """Layer shapes by model name: through the models registry when present, else timm."""
+    """Layer shapes by model name (registry first, then timm), cached: a warm call imports
+    neither torch nor timm (:func:`lsp_codesign.vit_shapes.cached_shapes`)."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         from models import registry  # the project's registry (embedded default, DeiT)
     except ImportError:
         registry = None
-    from ..vit_shapes import module_vit_shapes, timm_vit_shapes
+    from ..vit_shapes import cached_shapes, module_vit_shapes, timm_vit_shapes
 
+    try:
+        key = {"model": name, "timm": version("timm")}
+    except PackageNotFoundError:
+        key = {"model": name, "timm": "none"}
     if registry is not None and name in registry.list_models():
-        import torch
+        key["registry"] = hashlib.sha256(Path(registry.__file__).read_bytes()).hexdigest()[:16]
 
-        with torch.device("meta"):
-            model = registry.create_model(name, pretrained_default=False)
-        shapes = module_vit_shapes(model, name)
+        def build():
+            import torch
+
+            with torch.device("meta"):
+                model = registry.create_model(name, pretrained_default=False)
+            return module_vit_shapes(model, name)
     else:
-        shapes = timm_vit_shapes(name)
-    return [(s.name, s.m, s.n, s.k) for s in shapes]
+        def build():
+            return timm_vit_shapes(name)
+    return [(s.name, s.m, s.n, s.k) for s in cached_shapes(key, build)]
 
 
 def _run_dir_inputs(args: argparse.Namespace) -> tuple:
@@ -107,9 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if text is not None:
         print(text(), end="")
     else:
-        import json
-
-        print(json.dumps(rep.to_dict(), indent=2))
+        print(to_json(rep.to_dict()))
     if out_dir:
         out = write_run_report(out_dir, rep) if isinstance(out_dir, Run) else write_report(
             out_dir, rep)

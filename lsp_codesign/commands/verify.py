@@ -19,6 +19,8 @@ from ..errors import LspError
 from ..rundir import HW_YAML, Run, finetuned_weights, write_verify
 from ..verify import (SIMS, Runner, VerifyMismatch, VerifyResult, iss_runner, sample_layers,
                       verify_layers)
+from ..table import to_json
+from ._common import add_format_arg
 from ._runs import note_hw_override, pruned_model, read_model_run
 
 ORDER = 60
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="all layers, or N sampled ones (seeded by the run's seed)")
     p.add_argument("--no-dense", action="store_true",
                    help="skip the dense runs (no measured speedup)")
+    add_format_arg(p)
     p.set_defaults(func=run)
 
 
@@ -125,19 +128,30 @@ def run(args: argparse.Namespace) -> int:
     note_hw_override("verify", run)
     res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, None)
     path = write_verify(run, res, weights=weights)
-    print(res.table())
+    _print_result(res, args.format, args.sim, path)
+    if not res.ok:
+        raise VerifyMismatch(f"{len(res.totals()['layers_failed'])} layer(s) failed: "
+                             f"{', '.join(res.totals()['layers_failed'])}")
+    return 0
+
+
+def _print_result(res: VerifyResult, fmt: str, sim: str, path: Path | None) -> None:
+    """The table (or JSON) on stdout; with JSON, the notes go to stderr."""
+    import sys
+
+    notes = sys.stderr if fmt == "json" else sys.stdout
+    print(to_json(res.to_dict()) if fmt == "json" else res.table(fmt))
     t = res.totals()
     if "measured_speedup" in t:
         print(f"\nspeedup over the dense layers: measured {t['measured_speedup']:.3f}x, "
-              f"model {t['model_speedup']:.3f}x")
-    print(f"{len(res.layers)} layers on {args.sim} in {res.wall_s:.1f} s; wrote {path}")
+              f"model {t['model_speedup']:.3f}x", file=notes)
+    wrote = f"; wrote {path}" if path is not None else ""
+    print(f"{len(res.layers)} layers on {sim} in {res.wall_s:.1f} s{wrote}", file=notes)
     if not res.ok:
         for lc in res.layers:
             if lc.ok:
                 continue
             for msg in filter(None, [lc.error, lc.first_diff, *lc.counter_diffs]):
-                print(f"  {lc.name}: {msg}")
-        raise VerifyMismatch(f"{len(t['layers_failed'])} layer(s) failed: "
-                             f"{', '.join(t['layers_failed'])}")
-    print("all layers bit-exact and cycle-exact")
-    return 0
+                print(f"  {lc.name}: {msg}", file=notes)
+    else:
+        print("all layers bit-exact and cycle-exact", file=notes)
