@@ -5,17 +5,31 @@ the tokens it sees per image: ``num_patches + prefix tokens`` inside the transfo
 1 for the classifier head (it sees the pooled token). The model is built on torch's ``meta``
 device, so DeiT-Base's shapes cost no memory and no download.
 
+Importing torch and timm alone takes seconds, so :func:`cached_shapes` keeps the shapes of each
+model in a small JSON file (``$LSP_CACHE_DIR``, else ``$XDG_CACHE_HOME/lsp-codesign``, else
+``~/.cache/lsp-codesign``; ``LSP_CACHE_DIR=off`` turns it off), keyed by the model's name and
+whatever defines it (the timm version, the registry's source); a later report reads that file
+and imports neither. The cache is an optimisation only: an unreadable, malformed or unwritable
+cache is rebuilt or skipped, never an error.
+
 torch and timm are imported inside the functions, so importing this module stays light.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from .errors import LspError
 
-__all__ = ["GemmShape", "ModelShapes", "timm_vit_shapes", "module_vit_shapes"]
+__all__ = ["GemmShape", "ModelShapes", "timm_vit_shapes", "module_vit_shapes", "cached_shapes",
+           "cache_dir"]
+
+CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -75,3 +89,56 @@ def timm_vit_shapes(name: str, **kwargs: Any) -> ModelShapes:
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **kwargs)
     return module_vit_shapes(model, name)
+
+
+def cache_dir() -> Path | None:
+    """Where shapes are cached, or None when ``LSP_CACHE_DIR`` is ``off``."""
+    env = os.environ.get("LSP_CACHE_DIR")
+    if env:
+        return None if env.lower() in ("off", "0", "none") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lsp-codesign"
+
+
+def _from_doc(doc: Any, key: Mapping[str, str]) -> ModelShapes | None:
+    """The shapes in a cache document, if it is well formed and made for ``key``."""
+    try:
+        if doc.get("format") != CACHE_FORMAT or doc.get("key") != dict(key):
+            return None
+        layers = tuple(GemmShape(str(d["name"]), int(d["m"]), int(d["n"]), int(d["k"]))
+                       for d in doc["layers"])
+        if not layers or any(min(g.m, g.n, g.k) < 1 for g in layers):
+            return None
+        return ModelShapes(model=str(doc["model"]), tokens=int(doc["tokens"]), layers=layers)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def cached_shapes(key: Mapping[str, str], build: Callable[[], ModelShapes]) -> ModelShapes:
+    """``build()``'s shapes, read from the cache when an entry for ``key`` exists.
+
+    ``key`` names the model and everything its shapes depend on (strings only). A miss, or an
+    entry that does not parse, calls ``build`` and stores its result (best effort).
+    """
+    where = cache_dir()
+    if where is None:
+        return build()
+    blob = json.dumps(dict(key), sort_keys=True).encode()
+    path = where / "shapes" / f"{hashlib.sha256(blob).hexdigest()[:20]}.json"
+    try:
+        hit = _from_doc(json.loads(path.read_text()), key)
+    except (OSError, ValueError):
+        hit = None
+    if hit is not None:
+        return hit
+    shapes = build()
+    doc = {"format": CACHE_FORMAT, "key": dict(key), "model": shapes.model,
+           "tokens": shapes.tokens, "layers": [asdict(g) for g in shapes.layers]}
+    try:
+        from .atomic import replace_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, lambda tmp: tmp.write_text(json.dumps(doc) + "\n"))
+    except OSError:
+        pass  # a read-only home: the report is only slower
+    return shapes

@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_shape_cache(tmp_path_factory):
+    """The tests' own shape cache (``report --model``), not the user's ~/.cache."""
+    before = os.environ.get("LSP_CACHE_DIR")
+    os.environ["LSP_CACHE_DIR"] = str(tmp_path_factory.mktemp("lsp-cache"))
+    yield
+    if before is None:
+        os.environ.pop("LSP_CACHE_DIR", None)
+    else:
+        os.environ["LSP_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for the module: two OpenMP threads on a shared 2-core machine can be
