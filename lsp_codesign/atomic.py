@@ -11,6 +11,9 @@
 - :func:`check_output_path`: the checks :func:`output_dir` makes, for a command to call before
   its long computation (an ancestor that is a file, a name that is a file, an existing output).
 - :func:`replace_file`: a file written under a temporary name and renamed over the final one.
+- :func:`check_output_file` / :func:`write_output_file`: the same rules for a single output
+  file a user names (``export --out FILE``): checked before the work, written under its lock
+  through :func:`replace_file`.
 - :func:`signals_as_exceptions`: SIGTERM and SIGHUP raise :class:`Terminated` in the main
   thread, so the same cleanup runs as for Ctrl-C.
 
@@ -34,7 +37,8 @@ from typing import Callable, Iterator
 from .errors import LspError
 
 __all__ = ["OutputError", "Terminated", "output_lock", "output_dir", "check_output_path",
-           "replace_file", "fix_permissions", "signals_as_exceptions"]
+           "replace_file", "fix_permissions", "signals_as_exceptions", "check_output_file",
+           "write_output_file"]
 
 
 class OutputError(LspError):
@@ -235,3 +239,36 @@ def replace_file(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def check_output_file(path: str | Path, *, overwrite: bool, option: str = "--out") -> Path:
+    """Refuse an output file path that cannot be written; returns it as a Path.
+
+    Refused: an ancestor that exists and is not a directory; a directory or a symbolic link
+    at the path; an existing file without ``overwrite``.
+    """
+    p = Path(path)
+    for parent in reversed(p.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{option} {p}: {parent} is a file, not a directory")
+    if p.is_symlink() or p.is_dir() or (p.exists() and not p.is_file()):
+        raise OutputError(f"{option} {p}: exists and is not a regular file; refusing to "
+                          "replace it")
+    if p.exists() and not overwrite:
+        raise OutputError(f"{option} {p}: already exists (choose another {option} or pass "
+                          "--overwrite)")
+    return p
+
+
+def write_output_file(path: str | Path, write: Callable[[Path], None], *, overwrite: bool,
+                      what: str = "output file", option: str = "--out") -> Path:
+    """``write(tmp)`` and rename it to ``path``, under the path's lock (whole or nothing)."""
+    final = check_output_file(path, overwrite=overwrite, option=option)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {final}: cannot create {final.parent} "
+                          f"({exc.strerror})") from None
+    with output_lock(final, what):
+        check_output_file(final, overwrite=overwrite, option=option)
+        return replace_file(final, write)

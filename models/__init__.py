@@ -17,6 +17,7 @@ from .registry import (
     load_checkpoint,
     model_info,
     save_checkpoint,
+    timm_equivalent,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "load_checkpoint",
     "model_info",
     "save_checkpoint",
+    "timm_equivalent",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "save_checkpoint",
     "default_checkpoint",
     "embedded_metadata",
+    "timm_equivalent",
 ]
 
 DEFAULT_MODEL = "vit-mnist"
@@ -117,6 +118,8 @@ class _Spec:
     timm_name: str | None  # None: built directly from VisionTransformer(**kwargs)
     kwargs: dict[str, Any] = field(default_factory=dict)
     default_checkpoint: Path | None = None
+    # the registered timm architecture that builds the same model with ``kwargs``
+    timm_base: str | None = None
 
 
 # The embedded model's architecture. Every prunable layer's K and N are multiples of 32
@@ -132,7 +135,8 @@ _SPECS: dict[str, _Spec] = {
         ModelInfo("vit-mnist", 10, 28, 1, "mnist", MNIST_MEAN, MNIST_STD,
                   "embedded default: ViT 28px/7px patches, dim 64, depth 4, MNIST-trained",
                   interpolation="bilinear", crop_pct=1.0, finetune_lr=2e-3),
-        timm_name=None, kwargs=VIT_MNIST_KWARGS, default_checkpoint=_VIT_MNIST_CKPT),
+        timm_name=None, kwargs=VIT_MNIST_KWARGS, default_checkpoint=_VIT_MNIST_CKPT,
+        timm_base="vit_tiny_patch16_224"),
     **{
         f"deit_{size}_patch16_224": _Spec(
             ModelInfo(f"deit_{size}_patch16_224", 1000, 224, 3, None, IMAGENET_MEAN,
@@ -165,6 +169,20 @@ def model_info(name: str) -> ModelInfo:
 def default_checkpoint(name: str) -> Path | None:
     """The checkpoint shipped with the package for ``name`` (only ``vit-mnist`` has one)."""
     return _spec(name).default_checkpoint
+
+
+def timm_equivalent(name: str) -> tuple[str, dict[str, Any]]:
+    """How a timm user builds ``name``'s model: ``timm.create_model(arch, **kwargs)``.
+
+    For the DeiT models that is their own name and no arguments. ``vit-mnist`` is not a timm
+    name: it is timm's ``vit_tiny_patch16_224`` architecture with the embedded model's sizes
+    (image 28, patch 7, 1 channel, 10 classes, width 64, depth 4, 4 heads), which gives the
+    same modules and state-dict keys as :func:`create_model`.
+    """
+    spec = _spec(name)
+    if spec.timm_name is not None:
+        return spec.timm_name, dict(spec.kwargs)
+    return str(spec.timm_base), dict(spec.kwargs)
 
 
 def embedded_metadata() -> dict[str, Any]:
