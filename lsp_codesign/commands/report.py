@@ -70,6 +70,17 @@ def _model_gemms(name: str) -> list[tuple[str, int, int, int]]:
     return [(s.name, s.m, s.n, s.k) for s in cached_shapes(key, build)]
 
 
+def _known_area(cfg) -> dict | None:
+    """The engine's area if ``make area`` or ``bench/area.py`` synthesised this config."""
+    if cfg.engine != "block_sparse":
+        return None
+    try:
+        from hw.area import known_area
+    except ImportError:  # an installation without the RTL generator
+        return None
+    return known_area(cfg)
+
+
 def _run_dir_inputs(args: argparse.Namespace) -> tuple:
     """Config, masks, measured figures and output (a folder, or the run) of a run's report."""
     if args.hw is None:
@@ -116,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise LspError("nothing to report: give RUN_DIR, --masks or --model")
     rep = build_report(cfg, model, gemms, masks, measured)
+    rep.area = _known_area(cfg)
     text = {"text": rep.to_text, "markdown": rep.to_markdown}.get(args.format)
     if text is not None:
         print(text(), end="")

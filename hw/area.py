@@ -1,0 +1,222 @@
+"""Cells, flip-flops and an area estimate of the generated engine (``make area BLOCK=16x16``,
+which runs ``lsp-codesign area``).
+
+The logic is synthesised by Debian's ``yosys`` (installed by ``scripts/setup.sh``; not
+Amaranth's builtin one, which has no ``synth``/``abc``) from ``build/<config-hash>/
+lsp_engine.v``; the SRAMs are not synthesised. The flow (:data:`SCRIPT`):
+
+1. ``read_verilog -lib lsp_sram.v``: the SRAM macro is a black box, so the memories stay
+   ``lsp_sram`` instances instead of becoming millions of flip-flops;
+2. ``synth -flatten``: Yosys's generic synthesis to its internal gate library (``$_AND_``,
+   ``$_XOR_``, ``$_MUX_``, ``$_SDFFE_PP0P_`` ...): the "cells by type" table;
+3. ``dfflegalize -cell $_DFF_P_ 01`` and ``abc -g cmos2``: every flip-flop becomes a plain
+   D flip-flop (enables and resets as gates) and the logic is mapped to NAND, NOR and NOT,
+   the cells Yosys's CMOS transistor estimate knows (``stat -tech cmos``: NOT 2, NAND/NOR 4,
+   D flip-flop 16 transistors).
+
+Each ``lsp_sram`` instance is counted from its own parameters (``WIDTH x DEPTH`` bits, which
+the generator takes from the config) at :data:`SRAM_TRANSISTORS_PER_BIT` transistors per bit (a
+6T cell; decoders and sense amplifiers not counted). An area at 45 nm, the node of the energy
+figures, is derived with two published cell sizes: logic in NAND2 equivalents (4 transistors)
+of :data:`NAND2_UM2`, SRAM at :data:`SRAM_BIT_UM2` per bit. These are cell areas without
+wiring, placement utilisation or SRAM periphery: a lower bound for comparing blocks, not a
+layout.
+
+The result is kept as ``area.json`` beside the Verilog and reused while the Verilog and the
+Yosys version are unchanged; :func:`known_area` gives it to ``lsp-codesign report``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lsp_codesign.config import HwConfig
+from lsp_codesign.errors import LspError
+
+from .build import REPO_ROOT, BuildResult, build_verilog, default_build_root, generator_digest
+
+__all__ = ["AREA_NAME", "SCRIPT", "AreaError", "synthesize", "known_area", "sram_instances",
+           "NAND2_UM2", "SRAM_BIT_UM2", "SRAM_TRANSISTORS_PER_BIT"]
+
+AREA_NAME = "area.json"
+YOSYS = "yosys"
+SRAM_TRANSISTORS_PER_BIT = 6
+TRANSISTORS_PER_NAND2 = 4
+#: NanGate 45 nm Open Cell Library, NAND2_X1: 0.57 um x 1.4 um.
+NAND2_UM2 = 0.798
+#: A 45 nm 6T SRAM bit cell (Intel's 45 nm high-k metal-gate process, IEDM 2007).
+SRAM_BIT_UM2 = 0.346
+CMOS_TRANSISTORS = {"$_NOT_": 2, "$_NAND_": 4, "$_NOR_": 4, "$_DFF_P_": 16}
+SCRIPT = """\
+read_verilog -lib {sram}
+read_verilog {verilog}
+synth -top {top} -flatten
+tee -q -o {generic} stat -json
+dfflegalize -cell $_DFF_P_ 01
+abc -g cmos2
+opt_clean
+tee -q -o {cmos} stat -json -tech cmos
+"""
+_SRAM_RE = re.compile(r"lsp_sram\s*#\((?P<params>[^;]*?)\)\s*(?P<name>\\?\S+)\s*\(", re.S)
+_PARAM_RE = re.compile(r"\.(ABITS|DEPTH|WIDTH)\((?:\d+'d)?(\d+)\)")
+
+
+class AreaError(LspError):
+    """Synthesis could not run or gave something unreadable (names the tool and the file)."""
+
+
+def _yosys_version() -> str:
+    exe = shutil.which(YOSYS)
+    if exe is None:
+        raise AreaError(f"{YOSYS} not found on PATH: install Debian's yosys "
+                        "(./scripts/setup.sh, or apt-get install yosys)")
+    out = subprocess.run([exe, "-V"], capture_output=True, text=True)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def sram_instances(verilog_text: str) -> dict[str, dict[str, int]]:
+    """``{instance: {"width", "depth", "bits"}}`` of every ``lsp_sram`` in the Verilog."""
+    out = {}
+    for m in _SRAM_RE.finditer(verilog_text):
+        params = {k.lower(): int(v) for k, v in _PARAM_RE.findall(m["params"])}
+        if "width" not in params or "depth" not in params:
+            raise AreaError(f"lsp_sram instance {m['name']}: no WIDTH/DEPTH parameters")
+        name = m["name"].lstrip("\\")
+        out[name] = {"width": params["width"], "depth": params["depth"],
+                     "bits": params["width"] * params["depth"]}
+    return out
+
+
+def _cells(stat_file: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(stat_file.read_text())
+        return dict(doc["design"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AreaError(f"yosys statistics {stat_file}: unreadable ({exc})") from None
+
+
+def _run_yosys(hw: BuildResult, work: Path, progress: bool) -> tuple[dict, dict]:
+    generic, cmos = work / "generic.json", work / "cmos.json"
+    script = SCRIPT.format(sram=hw.sram_model, verilog=hw.verilog, top=hw.top,
+                           generic=generic, cmos=cmos)
+    (work / "area.ys").write_text(script)
+    log = hw.directory / "area.log"
+    if progress:
+        print(f"[area] yosys synth of {hw.config.block_str} ({hw.directory}); a few minutes "
+              f"(log: {log})", file=sys.stderr, flush=True)
+    with open(log, "w") as fh:
+        done = subprocess.run([YOSYS, "-q", "-l", str(log), "-s", str(work / "area.ys")],
+                              stdout=subprocess.DEVNULL, stderr=fh)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
+        raise AreaError(f"yosys failed on {hw.verilog} (exit {done.returncode}):\n{tail}")
+    return _cells(generic), _cells(cmos)
+
+
+def _summary(hw: BuildResult, generic: dict, cmos: dict, srams: dict, yosys: str,
+             seconds: float, verilog_sha: str) -> dict[str, Any]:
+    by_type = {k: int(v) for k, v in generic.get("num_cells_by_type", {}).items()
+               if k != "lsp_sram"}
+    mapped = {k: int(v) for k, v in cmos.get("num_cells_by_type", {}).items()
+              if k != "lsp_sram"}
+    unknown = sorted(set(mapped) - set(CMOS_TRANSISTORS))
+    if unknown:
+        raise AreaError(f"{hw.verilog}: cells without a transistor count after mapping: "
+                        f"{', '.join(unknown)}")
+    logic_t = sum(CMOS_TRANSISTORS[k] * v for k, v in mapped.items())
+    sram_bits = sum(s["bits"] for s in srams.values())
+    logic_um2 = logic_t / TRANSISTORS_PER_NAND2 * NAND2_UM2
+    sram_um2 = sram_bits * SRAM_BIT_UM2
+    cfg = hw.config
+    return {
+        "config_hash": cfg.config_hash(), "generator_digest": generator_digest(),
+        "verilog_sha256": verilog_sha, "block": cfg.block_str, "tile_m": cfg.tile_m,
+        "yosys": yosys, "seconds": round(seconds, 1),
+        "cells_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+        "cells": sum(by_type.values()),
+        "flip_flops": sum(v for k, v in by_type.items() if "DFF" in k or "DLATCH" in k),
+        "cmos_cells": mapped, "logic_transistors": logic_t,
+        "yosys_transistor_estimate": cmos.get("estimated_num_transistors"),
+        "nand2_equivalents": logic_t / TRANSISTORS_PER_NAND2,
+        "sram": srams, "sram_bits": sram_bits,
+        "sram_transistors": sram_bits * SRAM_TRANSISTORS_PER_BIT,
+        "total_transistors": logic_t + sram_bits * SRAM_TRANSISTORS_PER_BIT,
+        "logic_mm2": logic_um2 / 1e6, "sram_mm2": sram_um2 / 1e6,
+        "total_mm2": (logic_um2 + sram_um2) / 1e6,
+        "per_unit": {"sram_transistors_per_bit": SRAM_TRANSISTORS_PER_BIT,
+                     "nand2_um2": NAND2_UM2, "sram_bit_um2": SRAM_BIT_UM2,
+                     "transistors_per_nand2": TRANSISTORS_PER_NAND2},
+    }
+
+
+def synthesize(cfg: HwConfig, *, build_root: str | Path | None = None, force: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """The area record of ``cfg``'s engine (synthesised now, or reused from ``area.json``).
+
+    Raises
+    ------
+    AreaError
+        Yosys is missing or failed.
+    """
+    yosys = _yosys_version()
+    hw = build_verilog(cfg, build_root=build_root)
+    text = hw.verilog.read_text()
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    record = hw.directory / AREA_NAME
+    if not force:
+        old = _read(record)
+        if old and old.get("verilog_sha256") == sha and old.get("yosys") == yosys:
+            return old
+    srams = sram_instances(text)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lsp-area-") as tmp:
+        generic, cmos = _run_yosys(hw, Path(tmp), progress)
+    doc = _summary(hw, generic, cmos, srams, yosys, time.perf_counter() - t0, sha)
+    tmp_record = record.with_name(f".{AREA_NAME}.tmp")
+    tmp_record.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp_record.replace(record)
+    return doc
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def known_area(cfg: HwConfig, *, build_root: str | Path | None = None,
+               tables: tuple[Path, ...] = (REPO_ROOT / "bench" / "results" / "area.json",)
+               ) -> dict[str, Any] | None:
+    """The area of ``cfg``'s engine if it was synthesised for today's generator, else None.
+
+    Looked up in ``build/<config-hash>/area.json`` (``make area``), then in the table of
+    ``bench/area.py``. A record of another generator digest (the RTL changed since) is not
+    used. Never synthesises; never raises.
+    """
+    if cfg.engine != "block_sparse":
+        return None
+    try:
+        digest = generator_digest()
+    except Exception:  # noqa: BLE001 -- a lookup for a report must not fail it
+        return None
+    root = Path(build_root) if build_root is not None else default_build_root()
+    candidates = [_read(root / cfg.config_hash() / AREA_NAME)]
+    for table in tables:
+        doc = _read(table) or {}
+        candidates += [r for r in doc.get("rows", []) if isinstance(r, dict)]
+    for rec in candidates:
+        if rec and rec.get("config_hash") == cfg.config_hash() and \
+                rec.get("generator_digest") == digest:
+            return rec
+    return None
