@@ -23,27 +23,34 @@ DEMO_RUN ?= runs/demo
 # run every pruned layer through the RTL (Verilator), print the hardware report, then finetune
 # with the masks fixed and evaluate dense / pruned / finetuned top-1.
 demo: setup
-	$(BIN)/lsp-codesign allocate --hw configs/vita.yaml --flops 0.5 --out $(DEMO_RUN) --overwrite
+	$(BIN)/lsp-codesign allocate --hw vita --flops 0.5 --out $(DEMO_RUN) --overwrite
 	$(BIN)/lsp-codesign verify $(DEMO_RUN)
 	$(BIN)/lsp-codesign report $(DEMO_RUN)
 	$(BIN)/lsp-codesign finetune $(DEMO_RUN) --overwrite
 	$(BIN)/lsp-codesign evaluate $(DEMO_RUN)
 
 # ---- RTL: the Amaranth engine (hw/) and its cocotb benches (sim/), see docs/rtl.md ----------
-#   make sim BLOCK=16x16 [SIM=icarus|verilator]   generate the Verilog, run the benches, summary
+#   make sim BLOCK=16x16 [SIM=icarus|verilator] [WAVES=1]
+#                                                  generate the Verilog, run the benches, summary
+#                                                  (WAVES=1: a waveform in build/<hash>/waves/)
 #   make rtl BLOCK=16x32                           only generate build/<config-hash>/ (Verilog)
 #   make rtl-speed                                 bench/rtl_speed.py (cycles/s, both simulators)
+#   make area BLOCK=16x16                          yosys: cells, flip-flops, transistors, area
 BLOCK ?= 16x16
 SIM ?= icarus
-HW_CONFIG ?= configs/vita.yaml
+WAVES ?= 0
+HW_CONFIG ?= vita
 
-.PHONY: sim rtl rtl-speed
+.PHONY: sim rtl rtl-speed area
 
 sim: setup
-	$(PY) -m sim.make_sim --config '$(HW_CONFIG)' --block '$(BLOCK)' --sim '$(SIM)'
+	$(PY) -m sim.make_sim --config '$(HW_CONFIG)' --block '$(BLOCK)' --sim '$(SIM)' --waves '$(WAVES)'
 
 rtl: setup
 	$(PY) -m hw --config '$(HW_CONFIG)' --block '$(BLOCK)'
 
 rtl-speed: setup
 	nice -n 5 $(PY) bench/rtl_speed.py
+
+area: setup
+	$(BIN)/lsp-codesign area --hw '$(HW_CONFIG)' --block '$(BLOCK)'

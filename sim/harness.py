@@ -45,7 +45,7 @@ __all__ = [
     "RtlResult", "run_programs", "build_simulator", "SimBuild", "SIMULATORS", "TB_TOP",
     "SimulatorError", "SimulatorNotFound", "SimulatorBuildError", "SimulationFailed",
     "WatchdogTimeout", "ProgramError", "testbench_verilog", "default_watchdog_cycles",
-    "check_simulator",
+    "check_simulator", "waves_path",
 ]
 
 SIMULATORS = ("icarus", "verilator")
@@ -294,8 +294,11 @@ class SimBuild:
 
 
 def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path | None = None,
-                    progress: bool = False) -> SimBuild:
+                    progress: bool = False, waves: bool = False) -> SimBuild:
     """Generate the Verilog of ``cfg`` and build the ``sim`` model of it, reusing both.
+
+    ``waves`` builds a model that can record waveforms (Icarus with a ``$dumpfile`` module,
+    Verilator with ``--trace``), in its own directory ``sim_<sim>_waves`` beside the fast one.
 
     Raises
     ------
@@ -310,18 +313,18 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
     params = hw.load_params()
     tb = hw.directory / f"{TB_TOP}.v"
     write_if_changed(tb, testbench_verilog(params))
-    sim_dir = hw.directory / f"sim_{sim}"
+    sim_dir = hw.directory / (f"sim_{sim}_waves" if waves else f"sim_{sim}")
     sources = [*hw.sources, tb]
     timescale = ("1ns", "1ps")
     log = sim_dir / "build.log"
     if sim == "verilator":
         runner: Any = _Verilator()
         build_args = list(VERILATOR_ARGS)
-        runner.digest = _verilator_digest(sources, [*build_args, *timescale])
+        runner.digest = _verilator_digest(sources, [*build_args, *timescale, f"waves={waves}"])
     else:
         runner = _Icarus()
         build_args = []
-    with locked(hw.directory / f".sim_{sim}.lock"):
+    with locked(hw.directory / f".{sim_dir.name}.lock"):
         sim_dir.mkdir(parents=True, exist_ok=True)
         if sim == "verilator":
             reused = runner.up_to_date(sim_dir)
@@ -335,7 +338,7 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
         try:
             # (an up-to-date build runs no command; keep the log of the real one)
             runner.build(sources=sources, hdl_toplevel=TB_TOP, build_dir=sim_dir,
-                         build_args=build_args, timescale=timescale,
+                         build_args=build_args, timescale=timescale, waves=waves,
                          log_file=None if reused else log)
         except (RuntimeError, SystemExit, OSError) as exc:
             raise SimulatorBuildError(
@@ -418,7 +421,8 @@ def _job_program(cfg: HwConfig, prog: LayerProgram, i: int, watchdog: int | None
 def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = "verilator",
                  build_root: Path | None = None, progress: bool = False,
                  host_port: bool = False, watchdog_cycles: int | None = None,
-                 read_regs: bool = False, keep_run_dir: bool = False) -> list[RtlResult]:
+                 read_regs: bool = False, keep_run_dir: bool = False,
+                 waves: Path | None = None) -> list[RtlResult]:
     """Run compiled layers on the RTL in one simulator invocation.
 
     Parameters
@@ -446,6 +450,10 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
     keep_run_dir : bool
         Keep the run directory (job, results, log, hex files) after a successful run; it is
         always kept after a failure. ``$LSP_KEEP_RUNS=1`` does the same.
+    waves : pathlib.Path, optional
+        Record every signal of the whole invocation to this file: FST on Icarus, VCD on
+        Verilator (:func:`waves_path` gives the usual place). Uses a separate simulator build
+        with tracing, and runs slower.
 
     Returns
     -------
@@ -470,7 +478,8 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
             for i, p in enumerate(programs)]
     if not jobs:
         return []
-    build = build_simulator(cfg, sim=sim, build_root=build_root, progress=progress)
+    build = build_simulator(cfg, sim=sim, build_root=build_root, progress=progress,
+                            waves=waves is not None)
     runs = build.hw.directory / "runs"
     run_dir = runs / f"{sim}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_run_ids)}"
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -491,7 +500,7 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
             tail.start()
         build.runner.test(test_module="sim.cocotb_engine", hdl_toplevel=TB_TOP,
                           build_dir=build.directory, test_dir=run_dir, extra_env=env,
-                          timescale=("1ns", "1ps"), log_file=log)
+                          timescale=("1ns", "1ps"), log_file=log, **_wave_args(sim, waves))
     except (SystemExit, RuntimeError, OSError):
         pass  # the results file says what happened; checked below
     finally:
@@ -513,6 +522,27 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
     if not keep_run_dir and os.environ.get("LSP_KEEP_RUNS", "") in ("", "0"):
         shutil.rmtree(run_dir, ignore_errors=True)
     return out
+
+
+def waves_path(cfg: HwConfig, name: str, sim: str, build_root: Path | None = None) -> Path:
+    """``build/<config-hash>/waves/<name>-<sim>.fst`` (Icarus) or ``.vcd`` (Verilator)."""
+    from hw.build import default_build_root
+
+    root = Path(build_root) if build_root is not None else default_build_root()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return root.resolve() / cfg.config_hash() / "waves" / \
+        f"{safe}-{sim}.{'fst' if sim == 'icarus' else 'vcd'}"
+
+
+def _wave_args(sim: str, waves: Path | None) -> dict[str, Any]:
+    """``runner.test`` arguments that record waveforms to ``waves`` (none without)."""
+    if waves is None:
+        return {}
+    Path(waves).parent.mkdir(parents=True, exist_ok=True)
+    Path(waves).unlink(missing_ok=True)
+    if sim == "icarus":  # the dump module cocotb compiles in reads this plusarg
+        return {"waves": True, "plusargs": [f"+dumpfile_path={waves}"]}
+    return {"waves": True, "test_args": ["--trace-file", str(waves)]}
 
 
 class _ProgressTail(threading.Thread):

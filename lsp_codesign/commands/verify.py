@@ -47,19 +47,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="all layers, or N sampled ones (seeded by the run's seed)")
     p.add_argument("--no-dense", action="store_true",
                    help="skip the dense runs (no measured speedup)")
+    p.add_argument("--waves", metavar="LAYER",
+                   help="run only this layer (with its dense twin unless --no-dense) and record "
+                        "a waveform of it: FST on icarus, VCD on verilator, in "
+                        "build/<config-hash>/waves/; verify.json is not written")
     add_format_arg(p)
     p.set_defaults(func=run)
 
 
-def rtl_runner(sim: str) -> Runner:
-    """A runner that runs programs on the generated Verilog (``sim.harness``)."""
+def rtl_runner(sim: str, waves: Path | None = None) -> Runner:
+    """A runner that runs programs on the generated Verilog (``sim.harness``); ``waves``
+    records a waveform of the run to that file."""
     def run_rtl(cfg: HwConfig, programs: Sequence, progress: bool = False) -> list:
         try:
             from sim.harness import run_programs
         except ImportError as exc:
             raise LspError(f"the RTL harness (sim.harness) is not importable: {exc}") from None
-        return run_programs(cfg, list(programs), sim=sim, progress=progress)
+        return run_programs(cfg, list(programs), sim=sim, progress=progress, waves=waves)
     return run_rtl
+
+
+def _wave_layer(run: Run, layer: str, sim: str) -> tuple[list[str], Path]:
+    """The one layer of ``--waves`` and the file its waveform goes to."""
+    from sim.harness import waves_path
+
+    if sim == "iss":
+        raise LspError("--waves: needs an HDL simulator (--sim icarus or verilator), not iss")
+    if layer not in run.masks.order:
+        near = [n for n in run.masks.order if layer in n][:3] or list(run.masks.order[:3])
+        raise LspError(f"--waves: {layer[:80]!r} is not a layer of the run (e.g. "
+                       f"{', '.join(near)})")
+    return [layer], waves_path(run.hw, f"verify-{layer}", sim)
 
 
 def capture_inputs(model, names: Sequence[str], image) -> dict[str, np.ndarray]:
@@ -96,14 +114,16 @@ def verify_run(run_dir: str | Path, *, sim: str = "verilator", layers: str = "al
     return _verify(read_model_run(run_dir, hw=hw), sim, layers, dense, progress, runner)[0]
 
 
-def _verify(run: Run, sim: str, layers: str, dense: bool, progress: bool,
+def _verify(run: Run, sim: str, layers: str | list[str], dense: bool, progress: bool,
             runner: Runner | None) -> tuple[VerifyResult, Path | None]:
-    """The checks of :func:`verify_run`; also returns the finetuned weights used, if any."""
+    """The checks of :func:`verify_run`; also returns the finetuned weights used, if any.
+    ``layers`` is ``all``, a number to sample, or a list of layer names."""
     cfg = run.hw
     if cfg.engine != "block_sparse":
         raise LspError(f"{cfg.source or run.file(HW_YAML)}: a {cfg.engine} config; only the "
                        "block_sparse engine has RTL to verify against")
-    names = sample_layers(run.masks.order, layers, run.seed)
+    names = list(layers) if isinstance(layers, list) else \
+        sample_layers(run.masks.order, layers, run.seed)
     t0 = time.perf_counter()
 
     from models.data import calibration_loader
@@ -126,9 +146,19 @@ def run(args: argparse.Namespace) -> int:
         raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {args.sim!r}")
     run = read_model_run(args.run_dir, hw=load_config(args.hw) if args.hw else None)
     note_hw_override("verify", run)
-    res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, None)
-    path = write_verify(run, res, weights=weights)
-    _print_result(res, args.format, args.sim, path)
+    if args.waves is not None:
+        names, waves = _wave_layer(run, args.waves, args.sim)
+        res, _w = _verify(run, args.sim, names, not args.no_dense, True,
+                          rtl_runner(args.sim, waves))
+        _print_result(res, args.format, args.sim, None)
+        import sys
+
+        print(f"waves: {waves} (open with gtkwave or surfer; docs/rtl.md); verify.json not "
+              "written for a --waves run", file=sys.stderr if args.format == "json" else None)
+    else:
+        res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, None)
+        path = write_verify(run, res, weights=weights)
+        _print_result(res, args.format, args.sim, path)
     if not res.ok:
         raise VerifyMismatch(f"{len(res.totals()['layers_failed'])} layer(s) failed: "
                              f"{', '.join(res.totals()['layers_failed'])}")
