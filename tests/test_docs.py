@@ -43,3 +43,23 @@ def test_calibration_default_quoted_in_the_docs():
     models = (ROOT / "docs" / "models.md").read_text()
     quoted = re.findall(r"`allocate`'s defaults?(?: of|:) (\d+) calibration images", models)
     assert quoted and all(int(n) == DEFAULT_CALIB_EMBEDDED for n in quoted)
+
+
+def test_systolic_convention_table_in_config_md(tpu):
+    """docs/config.md's readings of the systolic convention, recomputed from the model."""
+    from lsp_codesign.cycle_model import estimate_layer, systolic_folds
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    for arr, df in (("16x16", "os"), ("16x16", "ws"), ("128x128", "os"), ("128x128", "ws")):
+        cfg = tpu.with_overrides(array=arr, dataflow=df, block="16x16")
+        f = systolic_folds(cfg, 197, 192, 576, None)
+        folds, per_fold = f["fr"] * f["fc"], f["per_fold"]
+        conv = estimate_layer(cfg, 197, 192, 576, None).cycles
+        assert conv == folds * per_fold - 1
+        r = cfg.array_rows
+        row = (f"| DeiT-Tiny qkv 197×192→576 | {r}×{r} | {df} | {folds} | {per_fold} | "
+               f"{conv:,} | {folds * (per_fold + 1) - 1:,} (+{100 * folds / conv:.2f}%) | "
+               f"{folds * per_fold:,} |")
+        assert row in text, row
+    # the single-fold validation case: 9 by the code, 10 in the paper's figure
+    assert "| SCALE-Sim validation, 4×4×4 | 4×4 | os | 1 | 10 | 9 | 10 | 10 | 13 |" in text
