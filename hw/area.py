@@ -23,7 +23,8 @@ wiring, placement utilisation or SRAM periphery: a lower bound for comparing blo
 layout.
 
 The result is kept as ``area.json`` beside the Verilog and reused while the Verilog and the
-Yosys version are unchanged; :func:`known_area` gives it to ``lsp-codesign report``.
+Yosys version are unchanged; :func:`known_area` gives it to ``lsp-codesign report`` while the
+generator digest it records is today's (a reuse with identical Verilog renews it).
 """
 
 from __future__ import annotations
@@ -110,16 +111,38 @@ def _run_yosys(hw: BuildResult, work: Path, progress: bool) -> tuple[dict, dict]
                            generic=generic, cmos=cmos)
     (work / "area.ys").write_text(script)
     log = hw.directory / "area.log"
-    if progress:
-        print(f"[area] yosys synth of {hw.config.block_str} ({hw.directory}); a few minutes "
-              f"(log: {log})", file=sys.stderr, flush=True)
-    with open(log, "w") as fh:
-        done = subprocess.run([YOSYS, "-q", "-l", str(log), "-s", str(work / "area.ys")],
-                              stdout=subprocess.DEVNULL, stderr=fh)
-    if done.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
-        raise AreaError(f"yosys failed on {hw.verilog} (exit {done.returncode}):\n{tail}")
+    with open(work / "stderr.txt", "w") as errf:
+        proc = subprocess.Popen([YOSYS, "-q", "-l", str(log), "-s", str(work / "area.ys")],
+                                stdout=subprocess.DEVNULL, stderr=errf)
+        _follow(proc, log, f"yosys synth {hw.config.block_str}", progress)
+    err = (work / "stderr.txt").read_text(errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join((err.strip() or log.read_text(errors="replace")).splitlines()[-8:])
+        raise AreaError(f"yosys failed on {hw.verilog} (exit {proc.returncode}; log "
+                        f"{log}):\n{tail}")
     return _cells(generic), _cells(cmos)
+
+
+_PASS_RE = re.compile(r"^\d+(?:\.\d+)?\. Executing (.+?)\.?$", re.M)
+
+
+def _follow(proc: subprocess.Popen, log: Path, desc: str, progress: bool) -> None:
+    """Wait for ``proc``; with ``progress``, a bar with the elapsed time and the current pass."""
+    if not progress:
+        proc.wait()
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, bar_format="{desc}: {elapsed} {postfix}", file=sys.stderr) as bar:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            try:
+                passes = _PASS_RE.findall(log.read_text(errors="replace"))
+            except OSError:
+                passes = []
+            if passes:
+                bar.set_postfix_str(passes[-1][:60])
+            bar.update(0)
 
 
 def _summary(hw: BuildResult, generic: dict, cmos: dict, srams: dict, yosys: str,
@@ -175,16 +198,23 @@ def synthesize(cfg: HwConfig, *, build_root: str | Path | None = None, force: bo
     if not force:
         old = _read(record)
         if old and old.get("verilog_sha256") == sha and old.get("yosys") == yosys:
+            if old.get("generator_digest") != generator_digest():  # same Verilog: still true
+                old["generator_digest"] = generator_digest()
+                _write(record, old)
             return old
     srams = sram_instances(text)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lsp-area-") as tmp:
         generic, cmos = _run_yosys(hw, Path(tmp), progress)
     doc = _summary(hw, generic, cmos, srams, yosys, time.perf_counter() - t0, sha)
-    tmp_record = record.with_name(f".{AREA_NAME}.tmp")
-    tmp_record.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp_record.replace(record)
+    _write(record, doc)
     return doc
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
