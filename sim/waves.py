@@ -117,9 +117,10 @@ def _values(fh, codes: dict[str, list[Trace]]) -> None:
 
 
 def render_png(traces: list[tuple[str, Trace, list[str] | None]], out: str | Path, *,
-               start: int, stop: int, period: int, title: str = "") -> Path:
+               start: int, stop: int, period: int, title: str = "", first_cycle: int = 0,
+               xlabel: str = "clock cycles") -> Path:
     """Draw ``(label, trace, value names)`` rows between ``start`` and ``stop`` (VCD units),
-    with the x axis in clock cycles of ``period``."""
+    with the x axis in clock cycles of ``period``, ``start`` being cycle ``first_cycle``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +132,8 @@ def render_png(traces: list[tuple[str, Trace, list[str] | None]], out: str | Pat
         pts = [(start, tr.value_at(start))] + [(t, v) for t, v in tr.changes if start < t < stop]
         pts.append((stop, pts[-1][1]))
         for (t0, v), (t1, _n) in zip(pts, pts[1:]):
-            x0, x1 = (t0 - start) / period, (t1 - start) / period
+            x0 = first_cycle + (t0 - start) / period
+            x1 = first_cycle + (t1 - start) / period
             if tr.width == 1:
                 level = y + (0.7 if v else 0.1)
                 ax.plot([x0, x1], [level, level], color="tab:green" if v is not None else "red",
@@ -146,8 +148,8 @@ def render_png(traces: list[tuple[str, Trace, list[str] | None]], out: str | Pat
                 ax.text((x0 + x1) / 2, y + 0.4, text, ha="center", va="center", fontsize=7)
     ax.set_yticks([len(traces) - 1 - r + 0.4 for r in range(len(traces))],
                   [label for label, _t, _n in traces], fontsize=8)
-    ax.set_xlim(0, (stop - start) / period)
-    ax.set_xlabel("clock cycles after the first rising edge of " + traces[0][0])
+    ax.set_xlim(first_cycle, first_cycle + (stop - start) / period)
+    ax.set_xlabel(xlabel)
     ax.grid(axis="x", color="0.9", lw=0.5)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -180,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         period = clk[1] - clk[0]
         start = rises[0] + args.skip * period
         out = render_png([(n, found[n], v) for n, v in specs], args.out, start=start,
-                         stop=start + args.cycles * period, period=period, title=args.title)
+                         stop=start + args.cycles * period, period=period, title=args.title,
+                         first_cycle=args.skip,
+                         xlabel=f"clock cycles after the first rising edge of {after}")
     except LspError as exc:
         print(f"sim.waves: error: {exc}", file=sys.stderr)
         return exc.exit_code

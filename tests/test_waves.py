@@ -15,6 +15,7 @@ import pytest
 from lsp_codesign.cli import main
 from lsp_codesign.compiler import compile_layer
 from sim.harness import run_programs, waves_path
+from sim.waves import main as waves_main
 from sim.waves import read_vcd, render_png
 from tests.test_sim_rtl import need, small_config
 
@@ -65,6 +66,20 @@ def test_vcd_reader_and_png(tmp_path):
     with pytest.raises(Exception, match="no signal named nope"):
         read_vcd(f, ["nope"])
 
+
+
+def test_waves_command_draws_from_a_start_signal(tmp_path, capsys):
+    f = tmp_path / "t.vcd"
+    f.write_text(VCD)
+    out = tmp_path / "w.png"
+    assert waves_main([str(f), "--out", str(out), "--clock", "clk", "--signal", "dut.state=A,B",
+                       "--signal", "done", "--after", "clk", "--skip", "1", "--cycles", "1"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(out) in capsys.readouterr().out
+    assert waves_main([str(f), "--out", str(tmp_path / "x.png"), "--clock", "done",
+                       "--signal", "clk"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "done does not toggle" in err
+    assert not (tmp_path / "x.png").exists()
 
 @pytest.mark.rtl
 def test_icarus_writes_an_fst_into_the_build_directory(tmp_path):
