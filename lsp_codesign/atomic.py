@@ -185,11 +185,7 @@ def output_dir(path: str | Path, *, overwrite: bool = False,
     """
     final = check_output_path(path, overwrite=overwrite, replaceable=replaceable, what=what,
                               option=option)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {final}: cannot create {final.parent} "
-                          f"({exc.strerror})") from None
+    _make_parent(final, option)
     with output_lock(final, what):
         check_output_path(final, overwrite=overwrite, replaceable=replaceable, what=what,
                           option=option)  # again, now that no other writer can change it
@@ -260,15 +256,20 @@ def check_output_file(path: str | Path, *, overwrite: bool, option: str = "--out
     return p
 
 
-def write_output_file(path: str | Path, write: Callable[[Path], None], *, overwrite: bool,
-                      what: str = "output file", option: str = "--out") -> Path:
-    """``write(tmp)`` and rename it to ``path``, under the path's lock (whole or nothing)."""
-    final = check_output_file(path, overwrite=overwrite, option=option)
+def _make_parent(final: Path, option: str) -> None:
+    """Create ``final``'s parent directory, or one clear error naming ``option``."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{option} {final}: cannot create {final.parent} "
                           f"({exc.strerror})") from None
+
+
+def write_output_file(path: str | Path, write: Callable[[Path], None], *, overwrite: bool,
+                      what: str = "output file", option: str = "--out") -> Path:
+    """``write(tmp)`` and rename it to ``path``, under the path's lock (whole or nothing)."""
+    final = check_output_file(path, overwrite=overwrite, option=option)
+    _make_parent(final, option)
     with output_lock(final, what):
         check_output_file(final, overwrite=overwrite, option=option)
         return replace_file(final, write)
