@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps({"config": base.name, "note": note, "rows": rows,
                                     "wall_s": time.perf_counter() - t0}, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(format_markdown(HEADER, body) + "\n\n" + note + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)} and .md")
+    print(f"wrote {args.out} and .md")
     return 0
 
 

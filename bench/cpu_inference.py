@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(format_markdown(HEADER, body) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)} and .md")
+    print(f"wrote {args.out} and .md")
     return 0
 
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                    + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
     return 0 if res["timm"]["correct"] == rec["models"][which]["correct"] and same else 1
 
 
