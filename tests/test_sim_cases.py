@@ -160,9 +160,14 @@ def test_make_sim_exits_1_and_names_the_mismatch(monkeypatch, capsys):
             CaseReport("bad", "2x2->2", "1/1", 105, 104, 0.1, 1.0,
                        ["counters: cycles RTL 105 != expected 104"])]
     summary = {"block": "16x16", "tile_m": 16, "config_hash": "x", "sim_cycles": 209,
-               "wall_s": 0.1, "build_s": 0.0, "build_reused": True, "build_dir": "build/x"}
+               "wall_s": 0.1, "build_s": 0.0, "build_reused": True, "build_dir": "build/x",
+               "waves": None}
     monkeypatch.setattr(make_sim, "run", lambda *a, **k: (rows, summary))
     assert make_sim.main(["--block", "16x16"]) == 1
     out = capsys.readouterr()
     assert "1/2 cases ok" in out.out and "MISMATCH" in out.out
     assert "MISMATCH bad: counters: cycles RTL 105 != expected 104" in out.err
+    assert "waves:" not in out.out
+    summary["waves"] = "build/x/waves/make_sim-icarus.fst"
+    assert make_sim.main(["--block", "16x16"]) == 1
+    assert "waves: build/x/waves/make_sim-icarus.fst" in capsys.readouterr().out
