@@ -35,7 +35,8 @@ def run(config: str | Path, block: str | None, sim: str, *, seed: int = 0,
     build = build_simulator(cfg, sim=sim, build_root=build_root, progress=progress)
     t0 = time.perf_counter()
     results = run_programs(cfg, progs + [e.program for e in errors], sim=sim,
-                           build_root=build_root, progress=progress, read_regs=True)
+                           build_root=build_root, progress=progress, read_regs=True,
+                           clear=[False] * len(progs) + [True] * len(errors))
     wall = time.perf_counter() - t0
     rows = [check_layer(cfg, c, p, r) for c, p, r in zip(layers, progs, results)]
     by_name = {row.name: row for row in rows}

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..cycle_model import estimate_layer, p_m_pj
+from ..config import Engine
+from ..cycle_model import CounterOverflowWarning, estimate_layer, p_m_pj
 from ..errors import LspError
+from ..report import bound
 from ._common import add_hw_args, hw_from_args
 
 ORDER = 10
@@ -99,8 +103,12 @@ def run(args: argparse.Namespace) -> int:
     mask, ms = load_mask_arg(args.mask, args.layer) if args.mask else (None, None)
     if ms is not None:
         _check_mask_file(ms, args.layer, cfg, n, k, args.mask)
-    est = estimate_layer(cfg, m, n, k, mask, name="gemm")
-    dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
+    with warnings.catch_warnings():          # said once below, as a line of its own
+        warnings.simplefilter("ignore", CounterOverflowWarning)
+        est = estimate_layer(cfg, m, n, k, mask, name="gemm")
+        dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
+    for line in est.warnings:
+        print(f"lsp-codesign estimate: warning: {line}", file=sys.stderr)
     if args.json:
         out = {"config": cfg.to_dict(), "p_m_pj": p_m_pj(cfg), "estimate": est.to_dict()}
         if mask is not None:
@@ -111,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     c = cfg
     print(f"{c.name}: {c.engine}, block {c.block_str}, BM={c.tile_m}, "
           f"array {c.array_rows}x{c.array_cols}"
-          + (f", dataflow {c.dataflow}" if c.engine == "systolic" else "")
+          + (f", dataflow {c.dataflow}" if c.engine is Engine.SYSTOLIC else "")
           + f", {c.clock_mhz:g} MHz")
     print(f"GEMM M={m} N={n} K={k}: kept blocks {est.kept_blocks}/{est.total_blocks}")
     print(f"  cycles        {est.cycles:,}   ({est.time_us:.2f} us)")
@@ -121,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  energy        {est.energy_total_pj / 1e6:.4f} uJ   power {est.power_mw:.1f} mW   "
           f"utilisation {100 * est.utilization:.1f}%")
     print(f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)")
+    if "dma_cycles" in est.counters:
+        print(f"  bound         {bound(est)}: DMA {est.counters['dma_cycles']:,} cycles, array "
+              f"{est.counters['compute'] + est.counters['fill']:,}; DRAM {est.dram_bytes:,} "
+              f"bytes, {est.intensity:.1f} useful MACs per byte")
     print("  counters:")
     for key, v in est.counters.items():
         print(f"    {key:<12} {v:,}")

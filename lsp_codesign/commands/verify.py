@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import HwConfig, load_config
+from ..config import Engine, HwConfig, load_config
 from ..errors import LspError
 from ..rundir import HW_YAML, Run, finetuned_weights, write_verify
 from ..verify import (SIMS, Runner, VerifyMismatch, VerifyResult, iss_runner, sample_layers,
@@ -97,7 +97,7 @@ def _verify(run: Run, sim: str, layers: str, dense: bool, progress: bool,
             runner: Runner | None) -> tuple[VerifyResult, Path | None]:
     """The checks of :func:`verify_run`; also returns the finetuned weights used, if any."""
     cfg = run.hw
-    if cfg.engine != "block_sparse":
+    if cfg.engine is not Engine.BLOCK_SPARSE:
         raise LspError(f"{cfg.source or run.file(HW_YAML)}: a {cfg.engine} config; only the "
                        "block_sparse engine has RTL to verify against")
     names = sample_layers(run.masks.order, layers, run.seed)
@@ -113,7 +113,8 @@ def _verify(run: Run, sim: str, layers: str, dense: bool, progress: bool,
     w = {name: mods[name].weight.detach().double().numpy() for name in names}
     checks = verify_layers(cfg, run.masks, names, inputs, w,
                            runner=runner or (iss_runner if sim == "iss" else rtl_runner(sim)),
-                           dense=dense, progress=progress, where=cfg.source)
+                           dense=dense, progress=progress, where=cfg.source,
+                           who="ISS" if sim == "iss" else "RTL")
     return VerifyResult(run_dir=str(run.path), sim=sim, config=cfg.to_dict(), layers=checks,
                         wall_s=time.perf_counter() - t0), weights
 
