@@ -196,7 +196,7 @@ def _dcsr(mask: np.ndarray, blocks: np.ndarray, index_dtype: str) -> tuple[bytes
     rows = np.nonzero(mask.any(axis=1))[0]
     counts = mask[rows].sum(axis=1)
     row_ptr = np.concatenate([[0], np.cumsum(counts)])
-    r_idx, c_idx = np.nonzero(mask)
+    _r, c_idx = np.nonzero(mask)
     index = np.concatenate([row_ptr, rows, c_idx]).astype(index_dtype)
     return index.tobytes(), np.ascontiguousarray(blocks).tobytes(), len(rows), int(mask.sum())
 
@@ -242,26 +242,67 @@ def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray 
     grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
     mask = np.ones(grid.shape, dtype=bool) if mask is None else grid.check_mask(mask)
     packed = pack(w.astype(np.int8), mask, cfg.block_k, cfg.block_n)
-    bm, beat = cfg.tile_m, cfg.dram.bytes_per_cycle
+    beat = cfg.dram.bytes_per_cycle
     lay = _Layout(beat)
-    t_total = plan.n_tiles
-    desc_base = lay.reserve(t_total * 64)
+    desc_base = lay.reserve(plan.n_tiles * 64)
+    x_addr = _place_x(cfg, plan, x, grid, lay)
+    w_addr, i_addr, geo = _place_weights(cfg, plan, mask, packed, grid, lay)
+    y_base = lay.cursor
+    y_regions = {}
+    for ti, tt in enumerate(plan.t_sizes):
+        for gi, kg in enumerate(plan.g_sizes):
+            y_regions[ti, gi] = lay.reserve(tt * cfg.tile_m * kg * cfg.block_k * 4) - y_base
+    y_beats = lay.cursor - y_base
+    descs = _descriptors(cfg, plan, geo, x_addr, w_addr, i_addr,
+                         {key: y_base + off for key, off in y_regions.items()})
+    for i, b in enumerate(to_beats(np.asarray(descs, dtype="<u4").tobytes(), beat)):
+        lay.image[desc_base + i] = b
+    if lay.cursor > cfg.dram.depth:
+        raise CompileError(f"{name}: the layer's DRAM image needs {lay.cursor * beat:,} bytes "
+                           f"but {cfg.source or cfg.name} has {cfg.dram.depth * beat:,} "
+                           "(dram.capacity_mib)")
+    instrs = layer_program(desc_base, plan.n_tiles)
+    assert len(instrs) == LAYER_PROGRAM_LENGTH
+    if len(instrs) > cfg.memories["imem"].depth:
+        raise CompileError(f"{name}: program of {len(instrs)} instructions exceeds IMEM "
+                           f"({cfg.memories['imem'].depth} words)")
+    return LayerProgram(m=m, n=n, k=k, words=[encode(i) for i in instrs],
+                        text=program_text(instrs), dram=lay.image, y_base=y_base,
+                        y_words=y_beats, plan=plan, packed=packed, y_regions=y_regions,
+                        extra={"name": name})
 
-    xp = np.zeros((plan.mt * bm, grid.nb * cfg.block_n), dtype=np.int8)
+
+def _starts(sizes) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+
+def _place_x(cfg: HwConfig, plan: Plan, x: np.ndarray, grid: BlockGrid,
+             lay: "_Layout") -> dict:
+    """Write the X tiles (token tiles x column groups, zero padded) and return their beats."""
+    bm, bn = cfg.tile_m, cfg.block_n
+    m, n = x.shape
+    xp = np.zeros((plan.mt * bm, grid.nb * bn), dtype=np.int8)
     xp[:m, :n] = x.astype(np.int8)
-    t0 = np.concatenate([[0], np.cumsum(plan.t_sizes)])
-    g0 = np.concatenate([[0], np.cumsum(plan.g_sizes)])
-    h0 = np.concatenate([[0], np.cumsum(plan.h_sizes)])
+    t0, h0 = _starts(plan.t_sizes), _starts(plan.h_sizes)
     x_addr = {}
     for ti in range(len(plan.t_sizes)):
         for hi in range(len(plan.h_sizes)):
-            tile = xp[t0[ti] * bm: t0[ti + 1] * bm,
-                      h0[hi] * cfg.block_n: h0[hi + 1] * cfg.block_n]
+            tile = xp[t0[ti] * bm: t0[ti + 1] * bm, h0[hi] * bn: h0[hi + 1] * bn]
             x_addr[ti, hi] = lay.put(np.ascontiguousarray(tile).tobytes())
+    return x_addr
+
+
+def _place_weights(cfg: HwConfig, plan: Plan, mask: np.ndarray, packed, grid: BlockGrid,
+                   lay: "_Layout") -> tuple[dict, dict, dict]:
+    """Write each (row group, column group)'s W segment and index segment.
+
+    Returns the W beats, the index beats and ``(R, NNZ)`` per group pair.
+    """
     tiles4 = np.zeros((grid.kb, grid.nb, cfg.block_k, cfg.block_n), dtype=np.int8)
     rows_all = np.repeat(np.arange(grid.kb), np.diff(packed.row_ptr))
     tiles4[rows_all, packed.col_idx] = packed.blocks
     idx_dtype = {8: "<u1", 16: "<u2", 32: "<u4"}[cfg.index_bits]
+    g0, h0 = _starts(plan.g_sizes), _starts(plan.h_sizes)
     w_addr, i_addr, geo = {}, {}, {}
     for gi in range(len(plan.g_sizes)):
         for hi in range(len(plan.h_sizes)):
@@ -271,52 +312,34 @@ def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray 
             w_addr[gi, hi] = lay.put(wbytes)
             i_addr[gi, hi] = lay.put(index)
             geo[gi, hi] = (r, nnz)
-    y_base = lay.cursor
-    y_regions = {}
-    for ti in range(len(plan.t_sizes)):
-        for gi in range(len(plan.g_sizes)):
-            y_regions[ti, gi] = lay.reserve(plan.t_sizes[ti] * bm * plan.g_sizes[gi] *
-                                            cfg.block_k * 4) - y_base
-    y_beats = lay.cursor - y_base
+    return w_addr, i_addr, geo
 
+
+def _descriptors(cfg: HwConfig, plan: Plan, geo: dict, x_addr: dict, w_addr: dict,
+                 i_addr: dict, y_addr: dict) -> list[int]:
+    """The 16-word descriptor of every tile, in run order (docs/hw.md section 5)."""
     owner, jj, nch = plan.w_runs()
     ww = cfg.memories["wmem"].word_bits
     unit = max(1, cfg.dram.beat_bits // ww)
-    descs = []
-    for kk in range(t_total):
+    descs: list[int] = []
+    for kk in range(plan.n_tiles):
         ti, gi, hi = int(plan.tile_t[kk]), int(plan.tile_g[kk]), int(plan.tile_h[kk])
         r, nnz = geo[gi, hi]
         flags = (SWAP_X * bool(plan.swap_x[kk]) | SWAP_W * bool(plan.swap_w[kk])
                  | SWAP_Y * bool(plan.swap_y[kk]))
-        wlen = wstart = 0
-        w_at = 0
+        wlen = w_at = 0
         if owner[kk] >= 0:
-            o = int(owner[kk])
-            words = geo[int(plan.tile_g[o]), int(plan.tile_h[o])][1] * cfg.words_per_block
+            og, oh = int(plan.tile_g[owner[kk]]), int(plan.tile_h[owner[kk]])
+            words = geo[og, oh][1] * cfg.words_per_block
             wlen, wstart = (int(v) for v in w_chunks(words, int(nch[kk]), int(jj[kk]), unit))
-            w_at = w_addr[int(plan.tile_g[o]), int(plan.tile_h[o])] + wstart * ww // \
-                cfg.dram.beat_bits
+            w_at = w_addr[og, oh] + wstart * ww // cfg.dram.beat_bits
         descs += encode_descriptor(
             flags=flags, tt=plan.t_sizes[ti], kg=plan.g_sizes[gi], ng=plan.h_sizes[hi], r=r,
             nnz=nnz, x=x_addr[ti, hi] if flags & SWAP_X else 0,
             idx=i_addr[gi, hi] if flags & SWAP_W else 0,
-            y=y_base + y_regions[ti, gi] if flags & SWAP_Y else 0,
+            y=y_addr[ti, gi] if flags & SWAP_Y else 0,
             w=w_at if wlen else 0, wlen=wlen)
-    for i, b in enumerate(to_beats(np.asarray(descs, dtype="<u4").tobytes(), beat)):
-        lay.image[desc_base + i] = b
-    if lay.cursor > cfg.dram.depth:
-        raise CompileError(f"{name}: the layer's DRAM image needs {lay.cursor * beat:,} bytes "
-                           f"but {cfg.source or cfg.name} has {cfg.dram.depth * beat:,} "
-                           "(dram.capacity_mib)")
-    instrs = layer_program(desc_base, t_total)
-    assert len(instrs) == LAYER_PROGRAM_LENGTH
-    if len(instrs) > cfg.memories["imem"].depth:
-        raise CompileError(f"{name}: program of {len(instrs)} instructions exceeds IMEM "
-                           f"({cfg.memories['imem'].depth} words)")
-    return LayerProgram(m=m, n=n, k=k, words=[encode(i) for i in instrs],
-                        text=program_text(instrs), dram=lay.image, y_base=y_base,
-                        y_words=y_beats, plan=plan, packed=packed, y_regions=y_regions,
-                        extra={"name": name})
+    return descs
 
 
 def _y_layout(cfg: HwConfig, prog: LayerProgram):

@@ -209,8 +209,8 @@ class HwConfig:
             for key, v in (("dram.bytes_per_cycle", self.dram.bytes_per_cycle),
                            ("dram.latency_cycles", self.dram.latency_cycles),
                            ("dram.capacity_mib", self.dram.capacity_mib)):
-                if not 0 < v < float("inf"):
-                    raise _fail(where, key, f"must be a positive finite number, got {v:g}")
+                if v <= 0:
+                    raise _fail(where, key, f"must be positive, got {v:g}")
         object.__setattr__(self, "memories", derive_memories(self))
         check_bounds(self, lambda key, msg: _fail(where, key, msg))
         for name in MEMORIES:

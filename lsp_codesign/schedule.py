@@ -42,6 +42,34 @@ def _per_tile(plan: Plan, per_group: np.ndarray) -> np.ndarray:
     return per_group[plan.tile_g, plan.tile_h]
 
 
+def _dma_ops(cfg: HwConfig, plan: Plan, tt, kg, ng, sx, sw, sy, tn, tr) -> tuple:
+    """Words moved by each DMA operation of phases 0..T+1 (arrays indexed by phase).
+
+    Returns the Y store, the descriptor fetch (0/1, no trailing axes), and the X, index and W
+    loads, in the order the DMA runs them (docs/hw.md section 5).
+    """
+    t, bm = plan.n_tiles, cfg.tile_m
+    extra = tn.shape[1:]
+    ones = np.ones((1,) * len(extra), dtype=np.int64)
+    col = lambda a: np.asarray(a, dtype=np.int64).reshape((-1,) + (1,) * len(extra))  # noqa: E731
+    zero = np.zeros((t + 2,) + extra, dtype=np.int64)
+    y_words = tt * bm * kg * ones                                     # region a tile starts
+    store = zero.copy()
+    # phase k (1..T) stores the region of tile k-2 when tile k-1 swaps Y and k >= 2
+    store[2: t + 1] = np.where(sy[1:], y_words[:-1], 0)
+    store[t + 1] = y_words[t - 1]
+    fetch = np.zeros(t + 2, dtype=np.int64)
+    fetch[:t] = 1
+    xload, iload, wload = zero.copy(), zero.copy(), zero.copy()
+    xload[:t] = sx * tt * bm * ng * ones
+    iload[:t] = sw * (2 * tr + 1 + tn)
+    owner, j, nch = plan.w_runs()
+    words = np.where(col(owner >= 0), tn[np.maximum(owner, 0)] * cfg.words_per_block, 0)
+    unit = max(1, cfg.dram.beat_bits // cfg.memories["wmem"].word_bits)
+    wload[:t], _ = w_chunks(words, col(nch), col(j), unit)
+    return store, fetch, xload, iload, wload
+
+
 def schedule(cfg: HwConfig, plan: Plan, nnz: Any, rows: Any) -> dict[str, Any]:
     """Counters of the ``lsp.gemm`` that runs ``plan`` with ``nnz`` kept blocks per group.
 
@@ -63,7 +91,6 @@ def schedule(cfg: HwConfig, plan: Plan, nnz: Any, rows: Any) -> dict[str, Any]:
     nnz = np.asarray(nnz, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
     extra = nnz.shape[2:]
-    ones = np.ones((1,) * len(extra), dtype=np.int64)
     col = lambda a: np.asarray(a, dtype=np.int64).reshape((-1,) + (1,) * len(extra))  # noqa: E731
     dram, bm = cfg.dram, cfg.tile_m
     beat = dram.beat_bits
@@ -80,31 +107,14 @@ def schedule(cfg: HwConfig, plan: Plan, nnz: Any, rows: Any) -> dict[str, Any]:
     steps = tt * tn * bm
     c_tile = np.where(tn > 0, fill + steps + bm + 1, 0)
 
-    # DMA operations of phases 0..T+1 (each array is indexed by phase)
-    zero = np.zeros((t + 2,) + extra, dtype=np.int64)
-    y_words = tt * bm * kg * ones                                     # region a tile starts
-    store = zero.copy()
-    # phase k (1..T) stores the region of tile k-2 when tile k-1 swaps Y and k >= 2
-    store[2: t + 1] = np.where(sy[1:], y_words[:-1], 0)
-    store[t + 1] = y_words[t - 1]
-    fetch = np.zeros(t + 2, dtype=np.int64)
-    fetch[:t] = 1
-    xload, iload, wload = zero.copy(), zero.copy(), zero.copy()
-    xload[:t] = sx * tt * bm * ng * ones
-    iload[:t] = sw * (2 * tr + 1 + tn)
-    owner, j, nch = plan.w_runs()
-    has = owner >= 0
-    words = np.where(col(has), tn[np.maximum(owner, 0)] * wpb, 0)
-    unit = max(1, beat // ww)
-    wload[:t], _ = w_chunks(words, col(nch), col(j), unit)
-
+    store, fetch, xload, iload, wload = _dma_ops(cfg, plan, tt, kg, ng, sx, sw, sy, tn, tr)
     desc_cycles = dram.desc_beats + 2
     ops = (transfer_cycles(store, wy, beat) + col(fetch) * desc_cycles
            + transfer_cycles(xload, wx, beat) + transfer_cycles(iload, wi, beat)
            + transfer_cycles(wload, ww, beat))
     any_op = (store > 0) | (col(fetch) > 0) | (xload > 0) | (iload > 0) | (wload > 0)
     d = np.where(any_op, dram.latency_cycles + ops, 0)
-    c = zero.copy()
+    c = np.zeros_like(d)
     c[1: t + 1] = c_tile
     length = np.maximum(np.maximum(c, d), 1)
 

@@ -20,7 +20,8 @@ CORE_FORBIDDEN = ("sim", "models", "hw", "lsp_codesign.commands", "lsp_codesign.
 # models/ sits beside the command layer: it may use the core's errors and its training loop.
 MODELS_MAY_USE = ("lsp_codesign.errors", "lsp_codesign.training")
 # hw/ implements the config and the ISA it is given.
-HW_MAY_USE = ("lsp_codesign.config", "lsp_codesign.isa", "lsp_codesign.errors")
+HW_MAY_USE = ("lsp_codesign.config", "lsp_codesign.hwspec", "lsp_codesign.isa",
+              "lsp_codesign.errors")
 SIM_FORBIDDEN = ("models", "lsp_codesign.commands", "lsp_codesign.cli")
 
 MAX_FILE_LINES = 500
