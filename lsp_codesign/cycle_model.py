@@ -24,6 +24,7 @@ import numpy as np
 
 from .compiler import LAYER_PROGRAM_LENGTH
 from .config import Engine, HwConfig
+from .hwspec import DATA_MEMORIES, MEMORIES
 from .errors import LspError
 from .isa import COUNTERS
 from .packing import BlockGrid
@@ -37,9 +38,8 @@ __all__ = [
     "CounterOverflowWarning", "INSN_CYCLES",
 ]
 
-ENERGY_COMPONENTS = ("mac", "imem", "xmem", "wmem", "idx", "ymem", "dram", "static")
+ENERGY_COMPONENTS = ("mac", *MEMORIES, "dram", "static")
 INSN_CYCLES = 2  # fetch + execute, every instruction
-_SRAMS = ("xmem", "wmem", "idx", "ymem")
 
 
 class CounterOverflowWarning(UserWarning):
@@ -123,7 +123,8 @@ class LayerEstimate:
 
     @property
     def memory_bound(self) -> bool:
-        """The DMA works longer than the array (block-sparse), in total over the layer."""
+        """The roofline's side: the DMA works longer than the array, summed over the layer
+        (block-sparse). Single phases of a compute-bound layer may still stall (``dma_stall``)."""
         c = self.counters
         return "dma_cycles" in c and c["dma_cycles"] > c["compute"] + c["fill"]
 
@@ -221,7 +222,7 @@ class BlockSparseCost(CostModel):
         e = {comp: 0.0 for comp in ENERGY_COMPONENTS}
         e["mac"] = counters["macs"] * cfg.mac_pj
         e["imem"] = counters["imem_reads"] * mem["imem"].access_pj
-        for name in _SRAMS:
+        for name in DATA_MEMORIES:
             e[name] = (counters[f"{name}_reads"] + counters[f"{name}_writes"]) * \
                 mem[name].access_pj
         e["dram"] = (counters["dram_read_bytes"] + counters["dram_write_bytes"]) * \

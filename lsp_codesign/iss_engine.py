@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import HwConfig
+from .hwspec import DATA_MEMORIES
 from .isa import DESC_WORDS, SWAP_W, SWAP_X, SWAP_Y, ErrorCode, decode_descriptor
 
 __all__ = ["TileEngine", "Tile"]
@@ -61,7 +62,7 @@ class TileEngine:
     def __init__(self, cfg: HwConfig, mem, c: dict[str, int]) -> None:
         self.cfg, self.mem, self.c = cfg, mem, c
         s = cfg.memories
-        self.depth = {n: s[n].depth for n in ("xmem", "wmem", "idx", "ymem")}
+        self.depth = {n: s[n].depth for n in DATA_MEMORIES}
         self.bits = {n: s[n].word_bits for n in ("xmem", "wmem", "idx")}
         self.bits["ymem"] = cfg.block_k * 32
         self.beat = cfg.dram.bytes_per_cycle

@@ -77,6 +77,12 @@ def systolic_folds(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray | Non
     return out
 
 
+def io_bytes(m: int, n: int, k: int) -> int:
+    """DRAM bytes of the activations and outputs: int8 X in and int32 Y out, once each (as the
+    block-sparse engine at its best; whatever the mask, every output is written)."""
+    return m * n + 4 * m * k
+
+
 def _dense_counters(cfg: HwConfig, m: int, n: int, k: int) -> dict[str, int]:
     """Closed forms for the dense layer (Python integers, any size)."""
     r, c = cfg.array_rows, cfg.array_cols
@@ -91,7 +97,7 @@ def _dense_counters(cfg: HwConfig, m: int, n: int, k: int) -> dict[str, int]:
         xb, wb, yb = sr * sc, t * sr * fc, t * sc * fr * 4
     return {"cycles": folds * per_fold(cfg, t) - 1, "folds": folds, "folds_kept": folds,
             "macs": sr * sc * t, "xmem_bytes": xb, "wmem_bytes": wb, "ymem_bytes": yb,
-            "dram_bytes": k * n}
+            "dram_bytes": k * n + io_bytes(m, n, k)}
 
 
 def systolic_counters(cfg: HwConfig, m: int, n: int, k: int,
@@ -128,7 +134,8 @@ def systolic_counters(cfg: HwConfig, m: int, n: int, k: int,
     kept_bytes = int((BlockGrid(k, n, cfg.block_k, cfg.block_n).block_elements() * mask).sum())
     return {"cycles": nk * per_fold(cfg, t) - 1 if nk else 0, "folds": int(folds),
             "folds_kept": int(nk), "macs": int(macs), "xmem_bytes": int(xb),
-            "wmem_bytes": int(wb), "ymem_bytes": int(yb), "dram_bytes": kept_bytes}
+            "wmem_bytes": int(wb), "ymem_bytes": int(yb),
+            "dram_bytes": kept_bytes + io_bytes(m, n, k)}
 
 
 def systolic_curves(cfg: HwConfig, m: int, n: int, k: int,
@@ -182,5 +189,5 @@ def systolic_curves(cfg: HwConfig, m: int, n: int, k: int,
         "xmem_bytes": remaining(dense["xmem_bytes"], xb),
         "wmem_bytes": remaining(dense["wmem_bytes"], wb),
         "ymem_bytes": remaining(dense["ymem_bytes"], yb),
-        "dram_bytes": kept_bytes,
+        "dram_bytes": kept_bytes + io_bytes(m, n, k),
     }
