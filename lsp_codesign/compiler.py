@@ -218,8 +218,8 @@ def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray 
     name : str
         Layer name used in error messages.
     plan : Plan, optional
-        A tiling other than :func:`~lsp_codesign.tiling.plan_layer`'s (tests use it to force
-        many small tiles); it must be for this shape and fit the banks.
+        A tiling other than :func:`~lsp_codesign.tiling.plan_layer`'s for this mask (tests use
+        it to force many small tiles); it must be for this shape and fit the banks.
 
     Raises
     ------
@@ -232,15 +232,15 @@ def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray 
     m, n = x.shape
     k = w.shape[0]
     try:
-        chosen = plan_layer(cfg, m, n, k, name=name)
+        plan_layer(cfg, m, n, k, name=name)         # the shape can be tiled at all
     except TilingError as exc:
         raise CompileError(str(exc)) from None
-    if plan is None:
-        plan = chosen
-    else:
-        _check_plan(cfg, plan, m, n, k, name)
     grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
     mask = np.ones(grid.shape, dtype=bool) if mask is None else grid.check_mask(mask)
+    if plan is None:
+        plan = plan_layer(cfg, m, n, k, name=name, mask=mask)     # tiled for this mask
+    else:
+        _check_plan(cfg, plan, m, n, k, name)
     packed = pack(w.astype(np.int8), mask, cfg.block_k, cfg.block_n)
     beat = cfg.dram.bytes_per_cycle
     lay = _Layout(beat)

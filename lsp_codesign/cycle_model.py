@@ -146,8 +146,9 @@ class LayerEstimate:
 class CostModel:
     """Prices layers on one engine; :func:`cost_model` picks the class for a config."""
 
-    def __init__(self, cfg: HwConfig) -> None:
+    def __init__(self, cfg: HwConfig, *, replan: bool = True) -> None:
         self.cfg = cfg
+        self.replan = replan    # block-sparse: tile for the mask (False: the shape's plan)
 
     @property
     def array_size(self) -> int:
@@ -172,9 +173,9 @@ class BlockSparseCost(CostModel):
 
     def counters(self, m, n, k, mask, name):
         cfg = self.cfg
-        plan = plan_layer(cfg, m, n, k, name=name)
         grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
         mask = np.ones(grid.shape, dtype=bool) if mask is None else mask
+        plan = plan_layer(cfg, m, n, k, name=name, mask=mask if self.replan else None)
         nnz, rows = plan.group_counts(mask)
         return self._program(schedule(cfg, plan, nnz, rows))
 
@@ -267,9 +268,9 @@ class SystolicCost(CostModel):
 _COST_MODELS = {Engine.BLOCK_SPARSE: BlockSparseCost, Engine.SYSTOLIC: SystolicCost}
 
 
-def cost_model(cfg: HwConfig) -> CostModel:
-    """The cost model of ``cfg``'s engine."""
-    return _COST_MODELS[cfg.engine](cfg)
+def cost_model(cfg: HwConfig, *, replan: bool = True) -> CostModel:
+    """The cost model of ``cfg``'s engine (``replan``: see :func:`estimate_layer`)."""
+    return _COST_MODELS[cfg.engine](cfg, replan=replan)
 
 
 def p_m_pj(cfg: HwConfig) -> float:
@@ -304,19 +305,21 @@ def _overflow(cfg: HwConfig, counters: dict[str, int], name: str) -> list[str]:
 
 
 def estimate_layer(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray | None = None,
-                   *, name: str = "") -> LayerEstimate:
+                   *, name: str = "", replan: bool = True) -> LayerEstimate:
     """Predict every counter, the cycles and the energy of ``Y[M x K] = X[M x N] . W^T``.
 
     For the block-sparse engine the prediction is for the compiler's program
     (:func:`lsp_codesign.compiler.compile_layer`), instruction overheads included, and equals
-    the RTL's counters exactly.
+    the RTL's counters exactly. The compiler tiles for the mask (the plan with the fewest
+    cycles for it); ``replan=False`` prices the shape's default plan instead, as
+    :func:`layer_curves` does at every pruning level (never fewer cycles than the mask's plan).
     """
     _check_shape(m, n, k, name)
     m, n, k = int(m), int(n), int(k)
     grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
     dense = mask is None
     mask = None if dense else grid.check_mask(mask)
-    model = cost_model(cfg)
+    model = cost_model(cfg, replan=replan)
     counters = {key: int(v) for key, v in model.counters(m, n, k, mask, name).items()}
     energy = model.energy(counters)
     kept = grid.n_blocks if dense else int(mask.sum())
@@ -339,7 +342,9 @@ def layer_curves(cfg: HwConfig, m: int, n: int, k: int,
         Flat block indices (row-major over the ``(KB, NB)`` grid) in the order they are pruned.
         The systolic engine needs it (it skips a fold once all its blocks are gone); for the
         block-sparse engine, which skips empty block rows and prices each row group, it
-        defaults to row-major order.
+        defaults to row-major order. The block-sparse engine is priced with the shape's default
+        tiling at every level, so each point is an upper bound of what the compiler's
+        mask-specific tiling achieves (``estimate_layer(..., replan=False)`` equals it).
 
     Returns
     -------

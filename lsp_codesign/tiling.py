@@ -3,12 +3,16 @@
 A :class:`Plan` splits ``Y[M x K] = X[M x N] . W^T`` into tiles of TT token tiles x KG block rows
 x NG block columns, each fitting one bank of XMEM, WMEM, IDX and YMEM, and orders them so that
 the column groups of one output region follow each other (their partial sums add up in YMEM).
-A plan depends on the layer's shape and the config only, never on the mask: every group is sized
-for all of its blocks kept, so the model prices any mask of a layer with the same plan, and the
-compiler lays out whatever is kept.
-
-:func:`plan_layer` picks the order and sizes with the fewest cycles predicted by
-:func:`lsp_codesign.schedule.schedule` for a dense and a 25%-dense layer.
+Every group is sized for all of its blocks kept, so any plan of a shape can carry any mask of
+it. :func:`plan_layer` without a mask gives the shape's default plan: the order and sizes with
+the fewest cycles predicted by :func:`lsp_codesign.schedule.schedule` for a dense and a
+25%-dense layer (the allocator's curves price every pruning level with it). With a mask it
+re-plans for that mask: of the same candidates, the one with the fewest cycles for the kept
+blocks as they lie (the default on a tie). Kept blocks are rarely spread evenly (LSP may keep
+the value rows of a qkv layer and prune most query and key rows), and a group of sparse block
+rows whose outputs take longer to store than its blocks take to compute stalls the array; a
+deeper token block or another row-group size can hide that. The compiler and the model both
+use the mask's plan, so they agree on every counter.
 """
 
 from __future__ import annotations
@@ -273,8 +277,42 @@ def _plan_cached(cfg: HwConfig, m: int, n: int, k: int) -> Plan:
     return best[1]
 
 
-def plan_layer(cfg: HwConfig, m: int, n: int, k: int, *, name: str = "layer") -> Plan:
+@functools.lru_cache(maxsize=512)
+def _candidate_plans(cfg: HwConfig, m: int, n: int, k: int) -> tuple[Plan, ...]:
+    """The default plan first, then every other candidate."""
+    default = _plan_cached(cfg, m, n, k)
+    others = (Plan(m, n, k, order, tt, kg, ng, cfg.block_k, cfg.block_n, cfg.tile_m)
+              for _, order, tt, kg, ng in _candidates(cfg, m, n, k))
+    return (default, *(p for p in others if p != default))
+
+
+@functools.lru_cache(maxsize=512)
+def _plan_dense(cfg: HwConfig, m: int, n: int, k: int) -> Plan:
+    """The mask's plan for the dense layer (every block kept), cached per shape."""
+    kb, nb = _cdiv(k, cfg.block_k), _cdiv(n, cfg.block_n)
+    return _plan_for_mask(cfg, m, n, k, np.ones((kb, nb), dtype=bool))
+
+
+def _plan_for_mask(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) -> Plan:
+    """The candidate with the fewest busy cycles for ``mask`` (then the fewest tiles, then the
+    default plan): deterministic, and never slower than the default."""
+    from .schedule import schedule
+
+    best = None
+    for i, plan in enumerate(_candidate_plans(cfg, m, n, k)):
+        nnz, rows = plan.group_counts(mask)
+        key = (int(schedule(cfg, plan, nnz, rows)["busy"]), plan.n_tiles, i)
+        if best is None or key < best[0]:
+            best = (key, plan)
+    return best[1]
+
+
+def plan_layer(cfg: HwConfig, m: int, n: int, k: int, *, name: str = "layer",
+               mask: np.ndarray | None = None) -> Plan:
     """The tiling of ``Y[M x K] = X[M x N] . W^T`` on ``cfg`` (``docs/hw.md`` §7).
+
+    Without ``mask``, the shape's default plan; with a ``(KB, NB)`` block mask (True = kept),
+    the plan with the fewest cycles for it.
 
     Raises
     ------
@@ -294,4 +332,12 @@ def plan_layer(cfg: HwConfig, m: int, n: int, k: int, *, name: str = "layer") ->
                           f"{cfg.source or cfg.name} has {cap / (1 << 20):g} MiB "
                           "(dram.capacity_mib)")
     _check_fits(cfg, name)
-    return _plan_cached(cfg, int(m), int(n), int(k))
+    if mask is None:
+        return _plan_cached(cfg, int(m), int(n), int(k))
+    mask = np.asarray(mask, dtype=bool)
+    kb, nb = _cdiv(k, cfg.block_k), _cdiv(n, cfg.block_n)
+    if mask.shape != (kb, nb):
+        raise TilingError(f"{name}: block mask has shape {mask.shape}, expected ({kb}, {nb})")
+    if mask.all():
+        return _plan_dense(cfg, int(m), int(n), int(k))
+    return _plan_for_mask(cfg, int(m), int(n), int(k), mask)

@@ -106,3 +106,33 @@ def test_plan_errors(vita):
         plan_layer(vita, 1 << 32, 16, 16)
     with pytest.raises(TilingError, match=r"fc2: .* needs at least .* MiB of DRAM"):
         plan_layer(vita, 100_000, 4096, 4096, name="fc2")
+
+
+def test_the_compiler_tiles_for_the_mask(vita):
+    """A qkv-like mask (the value rows kept, most query and key rows pruned): the default plan,
+    sized on even densities, stalls the array while sparse row groups store their outputs; the
+    mask's plan is another candidate with fewer cycles, and the compiler's program uses it."""
+    from lsp_codesign.compiler import compile_layer
+
+    m, n, k = 197, 384, 1152
+    rng = np.random.default_rng(0)
+    mask = np.zeros((72, 24), bool)
+    mask[48:] = True
+    mask[:48] = rng.random((48, 24)) < 0.05
+    default, mine = plan_layer(vita, m, n, k), plan_layer(vita, m, n, k, mask=mask)
+    assert mine != default
+    fixed = estimate_layer(vita, m, n, k, mask, replan=False)
+    best = estimate_layer(vita, m, n, k, mask)
+    assert best.cycles < 0.95 * fixed.cycles
+    assert best.counters["dma_stall"] < fixed.counters["dma_stall"]
+    assert best.counters["macs"] == fixed.counters["macs"]
+    prog = compile_layer(vita, np.zeros((m, n), np.int8), np.zeros((k, n), np.int8), mask)
+    assert prog.plan == mine
+    # a uniform mask keeps the default plan's cycles or fewer, and dense layers plan once
+    even = rng.random((72, 24)) < 0.25
+    assert estimate_layer(vita, m, n, k, even).cycles <= \
+        estimate_layer(vita, m, n, k, even, replan=False).cycles
+    assert plan_layer(vita, m, n, k, mask=np.ones((72, 24), bool)) is \
+        plan_layer(vita, m, n, k, mask=np.ones((72, 24), bool))
+    with pytest.raises(TilingError, match=r"qkv: block mask has shape \(2, 2\), expected"):
+        plan_layer(vita, m, n, k, mask=np.ones((2, 2), bool), name="qkv")
