@@ -7,8 +7,8 @@ Every group is sized for all of its blocks kept, so any plan of a shape can carr
 it. :func:`plan_layer` without a mask gives the shape's default plan: the order and sizes with
 the fewest cycles predicted by :func:`lsp_codesign.schedule.schedule` for a dense and a
 25%-dense layer (the allocator's curves price every pruning level with it). With a mask it
-re-plans for that mask: of the same candidates, the one with the fewest cycles for the kept
-blocks as they lie (the default on a tie). Kept blocks are rarely spread evenly (LSP may keep
+re-plans for that mask: of the same candidates that move no more DRAM bytes than the default,
+the one with the fewest cycles for the kept blocks as they lie (the default on a tie). Kept blocks are rarely spread evenly (LSP may keep
 the value rows of a qkv layer and prune most query and key rows), and a group of sparse block
 rows whose outputs take longer to store than its blocks take to compute stalls the array; a
 deeper token block or another row-group size can hide that. The compiler and the model both
@@ -294,15 +294,20 @@ def _plan_dense(cfg: HwConfig, m: int, n: int, k: int) -> Plan:
 
 
 def _plan_for_mask(cfg: HwConfig, m: int, n: int, k: int, mask: np.ndarray) -> Plan:
-    """The candidate with the fewest busy cycles for ``mask`` (then the fewest tiles, then the
-    default plan): deterministic, and never slower than the default."""
+    """Of the candidates that move no more DRAM bytes than the default plan for ``mask``, the
+    one with the fewest busy cycles (then the fewest bytes, the fewest tiles, the default):
+    deterministic, never slower than the default, and never more DRAM traffic (which would
+    cost more energy than the cycles save)."""
     from .schedule import schedule
 
-    best = None
+    best, limit = None, None
     for i, plan in enumerate(_candidate_plans(cfg, m, n, k)):
         nnz, rows = plan.group_counts(mask)
-        key = (int(schedule(cfg, plan, nnz, rows)["busy"]), plan.n_tiles, i)
-        if best is None or key < best[0]:
+        s = schedule(cfg, plan, nnz, rows)
+        dram = int(s["dram_read_bytes"]) + int(s["dram_write_bytes"])
+        limit = dram if limit is None else limit        # the default comes first
+        key = (int(s["busy"]), dram, plan.n_tiles, i)
+        if dram <= limit and (best is None or key < best[0]):
             best = (key, plan)
     return best[1]
 
