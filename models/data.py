@@ -484,7 +484,7 @@ def calibration_set_id(name: str, source: str, n: int, seed: int,
         idx = np.arange(n)
         what = "synthetic"
     h.update(what.encode() + b"\0" + np.asarray(idx, dtype=np.int64).tobytes())
-    return {"source": what, "count": int(n), "seed": int(seed), "images": h.hexdigest()[:20]}
+    return {"source": what, "count": int(n), "seed": int(seed), "image_ids": h.hexdigest()[:20]}
 
 
 def synthetic_loader(model, n: int, seed: int, batch_size: int = 64,

@@ -319,10 +319,8 @@ def calibrate(model: Any, loader: Iterable[Any], *, block_k: int, block_n: int,
     model_name : str
         Recorded in the result.
     shard : Shard, optional
-        This rank's part of a calibration set sharded over a torch.distributed job
-        (:mod:`.distributed`): ``loader`` yields only the shard's images, in micro-batches of
-        ``micro_batch``. The ranks first check that they calibrate the same thing; rank 0
-        receives every rank's statistics.
+        This rank's part of a set sharded over a torch.distributed job (:mod:`.distributed`):
+        ``loader`` yields the shard's images only; rank 0 receives every rank's statistics.
 
     Returns
     -------

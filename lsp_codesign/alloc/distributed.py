@@ -30,11 +30,12 @@ The process group uses gloo on CPU and NCCL on CUDA. torch is imported inside fu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..errors import LspError
 from .options import AllocError
@@ -110,10 +111,14 @@ class Group:
             backend = "nccl"
         else:
             dev, backend = "cpu", "gloo"
+        group = cls(rank=rank, world=world, device=dev)
         if not dist.is_initialized():
-            dist.init_process_group(backend, rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(rank=rank, world=world, device=dev)
+            with group._collective("joining the process group (MASTER_ADDR "
+                                   f"{os.environ.get('MASTER_ADDR')}:"
+                                   f"{os.environ.get('MASTER_PORT')})"):
+                dist.init_process_group(backend, rank=rank, world_size=world,
+                                        timeout=datetime.timedelta(seconds=timeout_s))
+        return group
 
     @staticmethod
     def close() -> None:
@@ -125,13 +130,24 @@ class Group:
 
     # ---- collectives ---------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _collective(self, what: str) -> Iterator[None]:
+        """A failed collective (a rank that died, a timeout) as one :class:`DistributedError`."""
+        try:
+            yield
+        except (RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise DistributedError(f"rank {self.rank} of {self.world}: {what} failed (did "
+                                   f"another rank stop?): {first}") from None
+
     def _all_ints(self, values: list[int]) -> list[list[int]]:
         import torch
         import torch.distributed as dist
 
         mine = torch.tensor(values, dtype=torch.int64, device=self.device)
         out = [torch.empty_like(mine) for _ in range(self.world)]
-        dist.all_gather(out, mine)
+        with self._collective("all_gather"):
+            dist.all_gather(out, mine)
         return [t.cpu().tolist() for t in out]
 
     def all_bytes(self, data: bytes) -> list[bytes]:
@@ -145,7 +161,8 @@ class Group:
             buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         buf = buf.to(self.device)
         out = [torch.empty_like(buf) for _ in range(self.world)]
-        dist.all_gather(out, buf)
+        with self._collective("all_gather"):
+            dist.all_gather(out, buf)
         return [bytes(t[:n].cpu().numpy().tobytes()) for t, n in zip(out, sizes)]
 
     def agree(self, failure: BaseException | None) -> None:
@@ -204,7 +221,8 @@ class Group:
         pad = torch.zeros((max(rows), *t.shape[1:]), dtype=t.dtype, device=self.device)
         pad[: t.shape[0]] = t.to(self.device)
         bufs = [torch.empty_like(pad) for _ in range(self.world)] if self.rank == 0 else None
-        dist.gather(pad, bufs, dst=0)
+        with self._collective("gathering the block sums"):
+            dist.gather(pad, bufs, dst=0)
         if self.rank != 0:
             return None
         return torch.cat([b[:n] for b, n in zip(bufs, rows)]).to(t.device)
@@ -216,7 +234,8 @@ class Group:
 
         src = t.to(self.device).contiguous()
         bufs = [torch.empty_like(src) for _ in range(self.world)] if self.rank == 0 else None
-        dist.gather(src, bufs, dst=0)
+        with self._collective("gathering the gradient sums"):
+            dist.gather(src, bufs, dst=0)
         if self.rank != 0:
             return None
         acc = bufs[0].clone()
@@ -294,8 +313,9 @@ def check_plan(shard: Shard, model: Any, model_name: str, options: Mapping[str, 
         raise AllocError(f"micro-batch {micro_batch} differs from the shard's "
                          f"{shard.micro_batch}")
     plan = {**shard.plan, "model": model_name, "weights": weights_digest(model),
-            "images": shard.total, "block": "%dx%d" % block, "exclude": sorted(exclude),
-            "micro_batch": micro_batch, "seed": int(seed), **options, "ranks": shard.world}
+            "calibration_images": shard.total, "block": "%dx%d" % block,
+            "exclude": sorted(exclude), "micro_batch": micro_batch, "seed": int(seed),
+            **options, "ranks": shard.world}
     shard.group.check_same("calibration", plan)
 
 

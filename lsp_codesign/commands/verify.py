@@ -19,11 +19,13 @@ from ..errors import LspError
 from ..rundir import HW_YAML, Run, finetuned_weights, write_verify
 from ..verify import (SIMS, Runner, VerifyMismatch, VerifyResult, iss_runner, sample_layers,
                       verify_layers)
+from ._alloc_args import positive_int
 from ._runs import note_hw_override, pruned_model, read_model_run
 
 ORDER = 60
 
-__all__ = ["register", "run", "verify_run", "rtl_runner", "capture_inputs"]
+__all__ = ["register", "run", "verify_run", "rtl_runner", "capture_inputs", "parallel_runner",
+           "run_chunk"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +47,55 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="all layers, or N sampled ones (seeded by the run's seed)")
     p.add_argument("--no-dense", action="store_true",
                    help="skip the dense runs (no measured speedup)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="run the layers' programs in a local process pool (with --workers > 1)"
+                        " or as Ray tasks (default local)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="programs in N groups at once (default 1 local; all CPUs of a local "
+                        "Ray instance)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --backend ray: join this Ray cluster (HOST:PORT, ray://HOST:10001"
+                        " or auto) instead of starting a local instance")
     p.set_defaults(func=run)
+
+
+def run_chunk(sim: str, cfg: dict, programs: Sequence) -> list:
+    """One group of programs on ``sim`` (a task of :func:`parallel_runner`)."""
+    hw = HwConfig.from_dict(cfg, source="verify task")
+    return (iss_runner if sim == "iss" else rtl_runner(sim))(hw, list(programs))
+
+
+def _cost(prog) -> int:
+    """Relative simulation work of a program: weight words loaded times token tiles."""
+    return (len(prog.wmem) + len(prog.words)) * max(1, getattr(prog, "mt", 1))
+
+
+def parallel_runner(sim: str, executor) -> Runner:
+    """A runner that deals the programs out to ``executor``'s workers (balanced by
+    :func:`_cost`) and returns the results in program order."""
+    def run_par(cfg: HwConfig, programs: Sequence, progress: bool = False) -> list:
+        from tqdm.auto import tqdm
+
+        n = max(1, min(executor.workers, len(programs)))
+        groups: list[list[int]] = [[] for _ in range(n)]
+        load = [0] * n
+        for i in sorted(range(len(programs)), key=lambda j: -_cost(programs[j])):
+            g = load.index(min(load))
+            groups[g].append(i)
+            load[g] += _cost(programs[i])
+        tokens = {executor.submit(run_chunk, sim, cfg.to_dict(), [programs[i] for i in grp]):
+                  grp for grp in groups if grp}
+        out: list = [None] * len(programs)
+        with tqdm(total=len(programs), unit="prog", desc=f"verify ({executor.name})",
+                  disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            while tokens:
+                tok, _seconds, res = executor.next_done()
+                grp = tokens.pop(tok)
+                for i, r in zip(grp, res):
+                    out[i] = r
+                bar.update(len(grp))
+        return out
+    return run_par
 
 
 def rtl_runner(sim: str) -> Runner:
@@ -122,9 +172,24 @@ def _verify(run: Run, sim: str, layers: str, dense: bool, progress: bool,
 def run(args: argparse.Namespace) -> int:
     if args.sim not in SIMS:
         raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {args.sim!r}")
+    if args.address is not None and args.backend != "ray":
+        raise LspError("--address names a Ray cluster; it needs --backend ray")
     run = read_model_run(args.run_dir, hw=load_config(args.hw) if args.hw else None)
     note_hw_override("verify", run)
-    res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, None)
+    executor = runner = None
+    if args.backend == "ray" or (args.workers or 1) > 1:
+        from ..sweep import make_executor
+
+        executor = make_executor(args.backend, args.workers or 0, args.address,
+                                 preload=("lsp_codesign.commands.verify",))
+        runner = parallel_runner(args.sim, executor)
+    failed = True
+    try:
+        res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, runner)
+        failed = False
+    finally:
+        if executor is not None:
+            executor.close(failed)
     path = write_verify(run, res, weights=weights)
     print(res.table())
     t = res.totals()
