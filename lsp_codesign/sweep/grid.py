@@ -132,7 +132,10 @@ def _reason(exc: Exception) -> str:
 
 
 def _target(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError("not a number; a FLOPs target is a fraction in (0, 1]") from None
     if not math.isfinite(v):
         raise ValueError("a FLOPs target must be a finite number in (0, 1]")
     return check_flops_target(v)
@@ -143,7 +146,10 @@ def _block(text: str) -> str:
 
 
 def _tile(text: str) -> int:
-    v = int(text, 10)
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise ValueError("not an integer; a token tile is a positive integer") from None
     if v < 1:
         raise ValueError(f"a token tile must be a positive integer, got {v}")
     return v
@@ -159,9 +165,9 @@ def _override(path: str, cfg: HwConfig, block: str | None, tile: int | None) -> 
     try:
         return cfg.with_overrides(block=block, tile_m=tile)
     except ConfigError as exc:
-        what = ", ".join(filter(None, [block and f"block {block}",
-                                       tile and f"tile_m {tile}"]))
-        raise SweepError(f"--hw {path} with {what}: {_reason(exc)}") from None
+        what = " ".join(filter(None, [block and f"--blocks {block}",
+                                      tile and f"--tile-m {tile}"]))
+        raise SweepError(f"{what} on --hw {path}: {_reason(exc)}") from None
 
 
 def build_grid(hw_paths: Sequence[str], blocks: str | None, flops: str, methods: str,

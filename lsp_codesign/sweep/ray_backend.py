@@ -80,7 +80,11 @@ def check_address(address: str) -> int:
     if res.returncode != 0:
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         why = lines[-1].strip()[:200] if lines else f"exit status {res.returncode}"
-        raise SweepError(f"--address {address}: cannot join the Ray cluster ({why})")
+        hint = ""
+        if "auth" in res.stderr.lower():
+            hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token and the "
+                    "cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)")
+        raise SweepError(f"--address {address}: cannot join the Ray cluster ({why}){hint}")
     try:
         return int(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

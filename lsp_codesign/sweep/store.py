@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -46,6 +47,8 @@ FORMAT = "lsp-codesign-sweep/1"
 MARKER = "sweep-format"
 KINDS = ("calibrations", "points", "masks", "references", "evaluations", "verifications")
 LOCK_WAIT_S = 600.0
+# what reading a damaged cache file raises: it then counts as missing
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
 def _shape(g: GemmShape) -> list:
@@ -165,7 +168,7 @@ class SweepStore:
     def get_calibration(self, key: str) -> Calibration | None:
         try:
             return load_calibration(self.path("calibrations", key, ".npz"), key)
-        except (OSError, ValueError, KeyError, TypeError):
+        except _UNREADABLE:
             return None
 
     def put_calibration(self, key: str, calib: Calibration) -> Path:
@@ -181,7 +184,7 @@ class SweepStore:
     def get_reference(self, key: str) -> np.ndarray | None:
         try:
             return np.load(self.path("references", key, ".npy"), allow_pickle=False)
-        except (OSError, ValueError):
+        except _UNREADABLE:
             return None
 
     def put_reference(self, key: str, logp: np.ndarray) -> Path:
