@@ -3,7 +3,9 @@
 Part 1, ``lsp-codesign sweep`` on the embedded model (``vit-mnist``, ViTA-like config):
 3 blocks (8x8, 16x16, 32x32) x 3 FLOPs targets (0.3, 0.5, 0.7) x 4 methods = 36 points with
 ``--evaluate`` (top-1 and KL on the MNIST test set). Each run is a fresh command in a fresh
-SWEEP_DIR, timed from start to exit (process start, imports, worker or Ray start-up included):
+SWEEP_DIR, timed from start to exit (process start, imports, worker or Ray start-up included).
+By default the points are evaluated on a fixed subset of 2,000 MNIST test images
+(``--test-images``, 0 for all 10,000), which keeps the benchmark to a few minutes:
 
 * points per minute with 1 and 2 workers, on the local backend (1 worker: in the command's
   own process; 2: a process pool) and on Ray (a local instance with 1 or 2 CPUs);
@@ -18,8 +20,8 @@ synthetic images, 16x16): the calibration pass's wall time (rank 0's, gathering 
 the command's wall time, and the CPU time of the whole process tree. One process is measured
 with 2 threads (the default) and with 1 thread (each rank has 1).
 
-Run: ``.venv/bin/python bench/sweep_scaling.py`` (about 20 minutes on 2 shared cores).
-``--quick`` runs a small version (a minute or two; the test suite runs it). Writes
+Run: ``.venv/bin/python bench/sweep_scaling.py`` (about 10 minutes on 2 shared cores; with
+``--test-images 0`` about twice that). ``--quick`` runs a small version (a minute or two). Writes
 ``bench/results/sweep_scaling.json`` (and the first sweep's Pareto plots beside it,
 ``sweep_scaling_energy_vs_top1.png`` and ``sweep_scaling_latency_vs_energy.png``) and prints
 the tables.
@@ -44,7 +46,7 @@ RESULTS = ROOT / "bench" / "results" / "sweep_scaling.json"
 CONFIG = str(ROOT / "configs" / "vita.yaml")
 
 FULL = {"blocks": "8x8,16x16,32x32", "flops": "0.3,0.5,0.7", "extra_flops": "0.3,0.5,0.7,0.9",
-        "methods": "lsp,beta0,uniform,global", "calib": None, "test_images": None,
+        "methods": "lsp,beta0,uniform,global", "calib": None, "test_images": 2000,
         "deit": "deit_small_patch16_224", "deit_images": 64}
 QUICK = {"blocks": "16x16,32x32", "flops": "0.5,0.7", "extra_flops": "0.5,0.7,0.9",
          "methods": "lsp,uniform", "calib": 64, "test_images": 200,
@@ -176,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small version (a minute or two)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    ap.add_argument("--test-images", type=int, metavar="N",
+                    help="evaluate on N MNIST test images, 0 for all (default 2000; quick 200)")
     args = ap.parse_args(argv)
-    grid = QUICK if args.quick else FULL
+    grid = dict(QUICK if args.quick else FULL)
+    if args.test_images is not None:
+        grid["test_images"] = args.test_images or None
     work = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     try:
         res = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
