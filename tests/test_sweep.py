@@ -151,6 +151,28 @@ def test_pareto_front_against_brute_force():
             assert on[i] == (not dominated)
 
 
+def test_front_labels_do_not_overprint():
+    from matplotlib.figure import Figure
+
+    from lsp_codesign.sweep.pareto import _label_offsets
+
+    ax = Figure(figsize=(9.0, 6.0), dpi=110).add_subplot()
+    pts = [(10.0, 50.0), (10.1, 50.2), (10.2, 50.1), (30.0, 10.0), (49.9, 99.0), (50.0, 99.1)]
+    ax.scatter(*zip(*pts))
+    labels = ["vita 16x16 t16 R0.5 lsp"] * len(pts)
+    offs = _label_offsets(ax, pts, labels)
+    to_pt = 72.0 / ax.figure.dpi
+    boxes = []
+    for p, (dx, dy) in zip(pts, offs):
+        x, y = (v * to_pt for v in ax.transData.transform(p))
+        boxes.append((x + dx, y + dy, 0.55 * 6.5 * len(labels[0])))
+    for i, (xa, ya, wa) in enumerate(boxes):
+        for xb, yb, wb in boxes[i + 1:]:
+            assert abs(ya - yb) >= 1.25 * 6.5 or xa >= xb + wb or xb >= xa + wa
+    right = ax.transAxes.transform((1.0, 0.0))[0] * to_pt
+    assert all(x + w <= right for x, _, w in boxes)  # the right-hand labels turned left
+
+
 def test_fronts_are_none_without_accuracy():
     rows = [{"energy_uj": 1.0, "latency_us": 2.0, "top1": None, "top1_finetuned": None,
              "front_energy_top1": None, "front_latency_energy": None}]

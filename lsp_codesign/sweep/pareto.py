@@ -82,9 +82,12 @@ def plot_front(rows: Sequence[Mapping[str, Any]], col: str, path: Path, title: s
         xs = [r[xc] for r in front]
         ys = [r[yc] * scale for r in front]
         ax.step(xs, ys, where="post", color="black", lw=1.0, alpha=0.7, label="Pareto front")
-        for r in front:
-            ax.annotate(r["label"], (r[xc], r[yc] * scale), textcoords="offset points",
-                        xytext=(4, 4), fontsize=6.5, alpha=0.9)
+        offsets = _label_offsets(ax, list(zip(xs, ys)), [r["label"] for r in front])
+        for r, x, y, off in zip(front, xs, ys, offsets):
+            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=off,
+                        fontsize=6.5, alpha=0.9,
+                        arrowprops=None if off == (4.0, 4.0) else
+                        {"arrowstyle": "-", "lw": 0.4, "alpha": 0.5})
     for m, c in METHOD_COLORS.items():
         if any(r["method"] == m for r in rows):
             ax.scatter([], [], color=c, s=28, label=m)
@@ -99,6 +102,32 @@ def plot_front(rows: Sequence[Mapping[str, Any]], col: str, path: Path, title: s
     ax.legend(fontsize=7, loc="best")
     fig.savefig(path, format="png")
     return path
+
+
+def _label_offsets(ax: Any, points: Sequence[tuple[float, float]],
+                   labels: Sequence[str], size: float = 6.5) -> list[tuple[float, float]]:
+    """Offsets (in points) that keep the front's labels from overprinting each other.
+
+    Each label starts up and right of its point; one that would overlap a label already
+    placed moves down a line at a time (greedy, from the top of the plot)."""
+    ax.autoscale_view()
+    to_pt = 72.0 / ax.figure.dpi
+    disp = [tuple(v * to_pt for v in ax.transData.transform(p)) for p in points]
+    height = 1.25 * size
+    right = ax.transAxes.transform((1.0, 0.0))[0] * to_pt
+    placed: list[tuple[float, float, float]] = []  # x0, y0, width of each placed label
+    out: list[tuple[float, float]] = [(4.0, 4.0)] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: -disp[i][1]):
+        width = 0.55 * size * len(labels[i])
+        x0, y0 = disp[i][0] + 4.0, disp[i][1] + 4.0
+        if x0 + width > right:  # near the right edge: the label goes to the left
+            x0 = disp[i][0] - 4.0 - width
+        while any(abs(y0 - py) < height and x0 < px + pw and px < x0 + width
+                  for px, py, pw in placed):
+            y0 -= height
+        placed.append((x0, y0, width))
+        out[i] = (x0 - disp[i][0], y0 - disp[i][1])
+    return out
 
 
 def _best(rows: Sequence[Mapping[str, Any]], key: str, sign: float) -> Mapping[str, Any]:
