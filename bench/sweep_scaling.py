@@ -15,13 +15,17 @@ By default the points are evaluated on a fixed subset of 2,000 MNIST test images
   compute only the 12 new points (checked), and costs a fraction of the full sweep;
 * all four runs must produce the same table (checked).
 
+The CPU seconds are those of the command's waited-for process tree: on Ray they miss the Ray
+worker processes (not reaped as the command's children), so they are the driver's alone.
+
 Part 2, ``allocate --nproc 2`` against one process on DeiT-Small (random weights, 64
 synthetic images, 16x16): the calibration pass's wall time (rank 0's, gathering included),
 the command's wall time, and the CPU time of the whole process tree. One process is measured
 with 2 threads (the default) and with 1 thread (each rank has 1).
 
-Run: ``.venv/bin/python bench/sweep_scaling.py`` (about 10 minutes on 2 shared cores; with
-``--test-images 0`` about twice that). ``--quick`` runs a small version (a minute or two). Writes
+Run: ``.venv/bin/python bench/sweep_scaling.py`` (21 minutes on 2 cores shared with other
+jobs at a load average of 11-16; ``--test-images 0`` evaluates on all 10,000 images, slower).
+``--quick`` runs a small version (a minute or two). Writes
 ``bench/results/sweep_scaling.json`` (and the first sweep's Pareto plots beside it,
 ``sweep_scaling_energy_vs_top1.png`` and ``sweep_scaling_latency_vs_energy.png``) and prints
 the tables.
