@@ -25,23 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from .rundir.records import plain_json
+
 __all__ = ["digest", "weights_digest", "masks_digest", "file_digest"]
 
 DIGEST_CHARS = 20
 
 
 def _plain(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
+    """numpy scalars and arrays, paths (as JSON does in a run directory) and sets, sorted."""
     if isinstance(o, (set, frozenset)):
         return sorted(o)
-    raise TypeError(f"not hashable as data: {type(o).__name__}")
+    return plain_json(o)
 
 
 def digest(data: Any, chars: int = DIGEST_CHARS) -> str:
