@@ -3,11 +3,15 @@
 #   make test   set up, then run every test (the same command CI runs)
 SHELL := /bin/bash
 VENV ?= .venv
-PY := $(VENV)/bin/python
-BIN := $(VENV)/bin
+DEMO_RUN ?= runs/demo
+# Values a user may set (VENV, DEMO_RUN, BLOCK, SIM, WAVES, HW_CONFIG) reach the recipes as environment
+# variables ("$$VENV"), never as text pasted into a shell line, so no value can run a command.
+export VENV DEMO_RUN
+PY := "$$VENV/bin/python"
+BIN := "$$VENV/bin"
 export AMARANTH_USE_YOSYS := builtin
 export HF_HUB_OFFLINE := 1
-export PATH := $(abspath $(BIN)):$(PATH)
+export PATH := $(abspath $(VENV)/bin):$(PATH)
 
 .PHONY: setup test demo
 
@@ -17,17 +21,15 @@ setup:
 test: setup
 	$(PY) -m pytest -q
 
-DEMO_RUN ?= runs/demo
-
 # The co-design loop on the embedded MNIST ViT: allocate block sparsity at half the FLOPs,
 # run every pruned layer through the RTL (Verilator), print the hardware report, then finetune
 # with the masks fixed and evaluate dense / pruned / finetuned top-1.
 demo: setup
-	$(BIN)/lsp-codesign allocate --hw vita --flops 0.5 --out $(DEMO_RUN) --overwrite
-	$(BIN)/lsp-codesign verify $(DEMO_RUN)
-	$(BIN)/lsp-codesign report $(DEMO_RUN)
-	$(BIN)/lsp-codesign finetune $(DEMO_RUN) --overwrite
-	$(BIN)/lsp-codesign evaluate $(DEMO_RUN)
+	$(BIN)/lsp-codesign allocate --hw vita --flops 0.5 --out "$$DEMO_RUN" --overwrite
+	$(BIN)/lsp-codesign verify "$$DEMO_RUN"
+	$(BIN)/lsp-codesign report "$$DEMO_RUN"
+	$(BIN)/lsp-codesign finetune "$$DEMO_RUN" --overwrite
+	$(BIN)/lsp-codesign evaluate "$$DEMO_RUN"
 
 # ---- RTL: the Amaranth engine (hw/) and its cocotb benches (sim/), see docs/rtl.md ----------
 #   make sim BLOCK=16x16 [SIM=icarus|verilator] [WAVES=1]
@@ -40,17 +42,18 @@ BLOCK ?= 16x16
 SIM ?= icarus
 WAVES ?= 0
 HW_CONFIG ?= vita
+export BLOCK SIM HW_CONFIG WAVES
 
 .PHONY: sim rtl rtl-speed area
 
 sim: setup
-	$(PY) -m sim.make_sim --config '$(HW_CONFIG)' --block '$(BLOCK)' --sim '$(SIM)' --waves '$(WAVES)'
+	$(PY) -m sim.make_sim --config "$$HW_CONFIG" --block "$$BLOCK" --sim "$$SIM" --waves "$$WAVES"
 
 rtl: setup
-	$(PY) -m hw --config '$(HW_CONFIG)' --block '$(BLOCK)'
+	$(PY) -m hw --config "$$HW_CONFIG" --block "$$BLOCK"
 
 rtl-speed: setup
 	nice -n 5 $(PY) bench/rtl_speed.py
 
 area: setup
-	$(BIN)/lsp-codesign area --hw '$(HW_CONFIG)' --block '$(BLOCK)'
+	$(BIN)/lsp-codesign area --hw "$$HW_CONFIG" --block "$$BLOCK"

@@ -1,100 +1,100 @@
-"""The buffers around the PE array: weight double buffer and token-row accumulators.
+"""The buffers around the PE array: the weight double buffer and the two accumulator banks.
 
-``docs/hw.md`` section 2: weights are double buffered (the *active* block feeds the array while
-the *shadow* buffer fills with the next kept block, one block row per cycle) and the
-accumulators hold one BK-wide int32 row per token of the tile.
+``docs/hw.md`` §2: weights are double buffered (the *active* block feeds the array while the
+*shadow* buffer fills with the next kept block, one WMEM word of ``r`` block rows per cycle) and
+the accumulators are two banks of BM rows x BK int32, so one block row drains while the next one
+accumulates.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ._params import check_int
 
-__all__ = ["WeightBuffer", "AccumulatorBank"]
+__all__ = ["WeightBuffer", "AccumulatorBanks"]
 
 
 class WeightBuffer(wiring.Component):
-    """Double-buffered weight block: ``rows`` rows of ``cols`` int8.
+    """Double-buffered weight block of ``words`` WMEM words of ``word_bits`` bits each.
 
-    The *shadow* block fills one row per ``load``, in row order, a whole block at a time (row
-    ``r`` of a block is the ``r``-th row loaded since the previous block was complete); rows
-    are written in place, so a load changes one row register only. ``swap`` copies the shadow
-    block into the *active* block at the end of the cycle, with a row arriving in that same cycle
-    forwarded straight into the active block (the reference micro-schedule of ``docs/hw.md``
-    section 5: when D = BK the last row of the next block lands in the swap cycle).
+    The *shadow* block fills one word per ``load``, in word order, a whole block at a time (word
+    ``s`` of a block is the ``s``-th word loaded since the previous block was complete); words
+    are written in place, so a load changes one word register only. ``swap`` copies the shadow
+    block into the *active* block at the end of the cycle, with a word landing in that same cycle
+    forwarded straight into the active block (``docs/hw.md`` §5).
 
     Parameters
     ----------
-    rows : int
-        Rows of a block (BK).
-    cols : int
-        Int8 elements per row (BN).
+    words : int
+        WMEM words per block (``wpb = min(BK, BM)``).
+    word_bits : int
+        Bits per word (``8 * r * BN``: ``r`` block rows of BN int8).
 
     Attributes
     ----------
     load : Signal(1), in
-        ``load_data`` is the next block row.
-    load_data : Signal(8 * cols), in
-        One block row (one WMEM word: int8 element ``j`` in bits ``[8j+7 : 8j]``).
+        ``load_data`` is the next word of the shadow block.
+    load_data : Signal(word_bits), in
+        One WMEM word.
     swap : Signal(1), in
         Make the shadow block active at the end of this cycle.
-    active : Signal(8 * cols * rows), out
-        The block feeding the PE array, row ``r`` in bits ``[8*cols*(r+1) - 1 : 8*cols*r]``.
+    active : Signal(words * word_bits), out
+        The block feeding the PE array: word ``s`` in bits ``[word_bits*(s+1) - 1 : word_bits*s]``.
     """
 
-    def __init__(self, *, rows: int, cols: int) -> None:
-        self._rows = check_int("rows", rows, maximum=1024)
-        self._cols = check_int("cols", cols, maximum=1024)
+    def __init__(self, *, words: int, word_bits: int) -> None:
+        self._words = check_int("words", words, maximum=1024)
+        self._word_bits = check_int("word_bits", word_bits, minimum=8, maximum=1 << 16)
         super().__init__({
             "load": In(1),
-            "load_data": In(8 * self._cols),
+            "load_data": In(self._word_bits),
             "swap": In(1),
-            "active": Out(8 * self._cols * self._rows),
+            "active": Out(self._words * self._word_bits),
         })
 
     @property
-    def rows(self) -> int:
-        return self._rows
+    def words(self) -> int:
+        return self._words
 
     @property
-    def cols(self) -> int:
-        return self._cols
+    def word_bits(self) -> int:
+        return self._word_bits
 
     def elaborate(self, platform):
         m = Module()
-        row = 8 * self._cols
+        n, w = self._words, self._word_bits
         # Weight registers need no reset: a block is always loaded before it is used.
-        shadow = [Signal(row, name=f"shadow{r}", reset_less=True) for r in range(self._rows)]
-        active = [Signal(row, name=f"active{r}", reset_less=True) for r in range(self._rows)]
-        wr = Signal(range(self._rows))   # shadow row the next load writes
+        shadow = [Signal(w, name=f"shadow{s}", reset_less=True) for s in range(n)]
+        active = [Signal(w, name=f"active{s}", reset_less=True) for s in range(n)]
+        wr = Signal(range(n))   # shadow word the next load writes
         with m.If(self.load):
-            m.d.sync += wr.eq(Mux(wr == self._rows - 1, 0, wr + 1))
-        for r in range(self._rows):
-            arriving = self.load & (wr == r)
+            m.d.sync += wr.eq(Mux(wr == n - 1, 0, wr + 1))
+        for s in range(n):
+            arriving = self.load & (wr == s)
             with m.If(arriving):
-                m.d.sync += shadow[r].eq(self.load_data)
+                m.d.sync += shadow[s].eq(self.load_data)
             with m.If(self.swap):
-                m.d.sync += active[r].eq(Mux(arriving, self.load_data, shadow[r]))
+                m.d.sync += active[s].eq(Mux(arriving, self.load_data, shadow[s]))
         m.d.comb += self.active.eq(Cat(*active))
         return m
 
 
-class AccumulatorBank(wiring.Component):
-    """``rows`` accumulator rows of ``lanes`` wrap-around ``width``-bit integers, kept in a ring.
+class AccumulatorBanks(wiring.Component):
+    """Two banks of ``rows`` x ``lanes`` wrap-around ``width``-bit accumulators.
 
-    Token rows of a block step arrive in order 0..rows-1 and a drain writes rows in the same
-    order, so the bank is a ring of rows rather than an addressed register file: the row at the
-    head is the one the next token (or drain cycle) needs. ``accumulate`` retires the head into
-    the tail as ``head + psum``; ``drain`` retires it as zero while ``head`` is written out. After
-    ``rows`` accumulations the ring is back in token order.
+    ``accumulate`` adds ``psum`` into row ``acc_row`` of bank ``acc_bank``; ``drain`` presents row
+    ``drain_row`` of bank ``drain_bank`` on ``drain_data`` (combinationally) and clears it at the
+    end of the cycle. The engine never accumulates into and drains from the same bank in one
+    cycle (``docs/hw.md`` §5); if it did, the accumulation would win.
 
     Parameters
     ----------
     rows : int
-        Accumulator rows (BM, tokens per tile).
+        Rows per bank (BM, tokens per tile).
     lanes : int
         Accumulators per row (BK, output features per block).
     psum_bits : int
@@ -105,26 +105,31 @@ class AccumulatorBank(wiring.Component):
     Attributes
     ----------
     accumulate : Signal(1), in
-        Add ``psum`` into the head row and rotate.
+    acc_bank : Signal(1), in
+    acc_row : Signal(range(rows)), in
     psum : Signal(psum_bits * lanes), in
-        Signed partial sums of the current token row, lane ``k`` in bits
-        ``[psum_bits*(k+1) - 1 : psum_bits*k]``.
+        Signed partial sums, lane ``k`` in bits ``[psum_bits*(k+1) - 1 : psum_bits*k]``.
     drain : Signal(1), in
-        Retire the head row as zero (its value is on ``head`` this cycle).
-    head : Signal(width * lanes), out
-        The head row: lane ``k`` in bits ``[width*k + width-1 : width*k]`` (a YMEM word).
+    drain_bank : Signal(1), in
+    drain_row : Signal(range(rows)), in
+    drain_data : Signal(width * lanes), out
+        Lane ``k`` in bits ``[width*k + width-1 : width*k]``.
     """
 
     def __init__(self, *, rows: int, lanes: int, psum_bits: int, width: int = 32) -> None:
-        self._rows = check_int("rows", rows, maximum=4096)
+        self._rows = check_int("rows", rows, minimum=2, maximum=4096)
         self._lanes = check_int("lanes", lanes, maximum=1024)
         self._width = check_int("width", width, minimum=2, maximum=64)
         self._psum_bits = check_int("psum_bits", psum_bits, minimum=2, maximum=self._width)
         super().__init__({
             "accumulate": In(1),
+            "acc_bank": In(1),
+            "acc_row": In(range(self._rows)),
             "psum": In(self._psum_bits * self._lanes),
             "drain": In(1),
-            "head": Out(self._width * self._lanes),
+            "drain_bank": In(1),
+            "drain_row": In(range(self._rows)),
+            "drain_data": Out(self._width * self._lanes),
         })
 
     @property
@@ -141,19 +146,24 @@ class AccumulatorBank(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        w, pb = self._width, self._psum_bits
-        ring = [Signal(w * self._lanes, name=f"acc{r}") for r in range(self._rows)]
-        tail = Signal(w * self._lanes)
-        m.d.comb += tail.eq(Cat(*(
-            (ring[0].word_select(k, w).as_signed()
-             + self.psum.word_select(k, pb).as_signed())[:w]
-            for k in range(self._lanes))))
-        with m.If(self.accumulate | self.drain):
-            for r in range(self._rows - 1):
-                m.d.sync += ring[r].eq(ring[r + 1])
-            with m.If(self.accumulate):
-                m.d.sync += ring[-1].eq(tail)
-            with m.Else():
-                m.d.sync += ring[-1].eq(0)
-        m.d.comb += self.head.eq(ring[0])
+        w, pb, lanes = self._width, self._psum_bits, self._lanes
+        datas = []
+        for b in range(2):
+            mem = Memory(shape=w * lanes, depth=self._rows, init=[])
+            m.submodules[f"bank{b}"] = mem
+            rd = mem.read_port(domain="comb")
+            wr = mem.write_port()
+            acc = self.accumulate & (self.acc_bank == b)
+            dr = self.drain & (self.drain_bank == b)
+            total = Cat(*((rd.data.word_select(k, w).as_signed()
+                           + self.psum.word_select(k, pb).as_signed())[:w]
+                          for k in range(lanes)))
+            m.d.comb += [
+                rd.addr.eq(Mux(acc, self.acc_row, self.drain_row)),
+                wr.addr.eq(rd.addr),
+                wr.data.eq(Mux(acc, total, 0)),
+                wr.en.eq(acc | dr),
+            ]
+            datas.append(rd.data)
+        m.d.comb += self.drain_data.eq(Mux(self.drain_bank, datas[1], datas[0]))
         return m

@@ -1,7 +1,7 @@
 """Performance counters: one wrap-around counter per event, readable through numbered ports.
 
-The engine's counters are numbered as :data:`lsp_codesign.isa.COUNTERS`; ``docs/hw.md``
-section 6 gives their closed forms, which the Python model predicts and the benches check.
+The engine's counters are numbered as :data:`lsp_codesign.isa.COUNTERS`; ``docs/hw.md`` §8 says
+what each counts. The Python model predicts every one of them and the benches check it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ __all__ = ["PerfCounters"]
 
 
 class PerfCounters(wiring.Component):
-    """``len(weights)`` counters of ``width`` bits; counter ``i`` adds ``weights[i]`` per event.
+    """``count`` counters of ``width`` bits; counter ``i`` adds ``inc[i]`` every cycle.
 
     Parameters
     ----------
-    weights : tuple of int
-        Increment of each counter per event cycle (1 for most; BK x BN for MACs).
+    count : int
+        Number of counters.
     width : int
         Counter width; counters wrap around.
+    inc_bits : int
+        Width of each increment (an event count or a byte count of one cycle).
     read_ports : int
         Number of independent read ports.
     sel_bits : int
@@ -32,36 +34,30 @@ class PerfCounters(wiring.Component):
     Attributes
     ----------
     clear : Signal(1), in
-        Set every counter to zero at the end of this cycle (events of this cycle are dropped).
-    event : Signal(len(weights)), in
-        Bit ``i``: counter ``i`` counts this cycle.
+        Set every counter to zero at the end of this cycle (increments of this cycle dropped).
+    inc : list of Signal(inc_bits), in
+        What each counter adds this cycle.
     read_sel : list of Signal(sel_bits), in
         Counter number of each read port.
     read_value : list of Signal(width), out
         Current value of the selected counter (combinational).
     """
 
-    def __init__(self, *, weights: tuple[int, ...], width: int = 48, read_ports: int = 1,
+    def __init__(self, *, count: int, width: int = 48, inc_bits: int = 16, read_ports: int = 1,
                  sel_bits: int = 32) -> None:
-        if not isinstance(weights, (tuple, list)) or not weights:
-            raise TypeError(f"weights must be a non-empty tuple of integers, not {weights!r}")
+        self._count = check_int("count", count, maximum=1024)
         self._width = check_int("width", width, minimum=2, maximum=64)
-        self._weights = tuple(check_int(f"weights[{i}]", w, maximum=(1 << self._width) - 1)
-                              for i, w in enumerate(weights))
+        self._inc_bits = check_int("inc_bits", inc_bits, maximum=self._width)
         self._read_ports = check_int("read_ports", read_ports, maximum=8)
         self._sel_bits = check_int("sel_bits", sel_bits, maximum=32)
-        if len(self._weights) > (1 << self._sel_bits):
-            raise ValueError(f"sel_bits={sel_bits} cannot number {len(self._weights)} counters")
+        if self._count > (1 << self._sel_bits):
+            raise ValueError(f"sel_bits={sel_bits} cannot number {count} counters")
         super().__init__({
             "clear": In(1),
-            "event": In(len(self._weights)),
+            "inc": In(self._inc_bits).array(self._count),
             "read_sel": In(self._sel_bits).array(self._read_ports),
             "read_value": Out(self._width).array(self._read_ports),
         })
-
-    @property
-    def weights(self) -> tuple[int, ...]:
-        return self._weights
 
     @property
     def width(self) -> int:
@@ -69,7 +65,7 @@ class PerfCounters(wiring.Component):
 
     @property
     def count(self) -> int:
-        return len(self._weights)
+        return self._count
 
     def elaborate(self, platform):
         m = Module()
@@ -77,9 +73,7 @@ class PerfCounters(wiring.Component):
         with m.If(self.clear):
             m.d.sync += [c.eq(0) for c in ctrs]
         with m.Else():
-            for i, (c, w) in enumerate(zip(ctrs, self._weights)):
-                with m.If(self.event[i]):
-                    m.d.sync += c.eq(c + w)
+            m.d.sync += [c.eq(c + inc) for c, inc in zip(ctrs, self.inc)]
         table = Array(ctrs + [Const(0, self._width)])
         for sel, value in zip(self.read_sel, self.read_value):
             idx = Signal(range(self.count + 1))

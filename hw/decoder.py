@@ -33,8 +33,9 @@ class Decoder(wiring.Component):
         Instruction word.
     illegal : Signal(1), out
         The word is not a legal instruction.
-    kind : Signal(range(len(kinds))), out
-        Which instruction it is, numbered as :attr:`kinds` (meaningless when ``illegal``).
+    kind : Signal(range(len(isa.OpKind))), out
+        Which instruction it is, numbered as :class:`lsp_codesign.isa.OpKind` (meaningless when
+        ``illegal``).
     rd, rs1, rs2 : Signal(5), out
         Register fields.
     imm_i : Signal(signed(32)), out
@@ -57,12 +58,16 @@ class Decoder(wiring.Component):
                                  f"{seen[op.funct7]}")
             seen[op.funct7] = op.mnemonic
         self._ops = tuple(ops)
-        self._kinds = {"lui": 0, "addi": 1}
-        self._kinds.update({op.mnemonic: 2 + i for i, op in enumerate(self._ops)})
+        self._kinds = {"lui": int(isa.OpKind.LUI), "addi": int(isa.OpKind.ADDI)}
+        for op in self._ops:
+            try:
+                self._kinds[op.mnemonic] = int(isa.OpKind.of(op.mnemonic))
+            except KeyError:
+                raise ValueError(f"{op.mnemonic}: no isa.OpKind names this operation") from None
         super().__init__({
             "insn": In(32),
             "illegal": Out(1),
-            "kind": Out(range(len(self._kinds))),
+            "kind": Out(range(len(isa.OpKind))),
             "rd": Out(5),
             "rs1": Out(5),
             "rs2": Out(5),

@@ -2,7 +2,8 @@
 
 - :func:`output_lock`: one writer per output path. The lock is a ``flock`` on ``.NAME.lock``
   beside the output; the kernel drops it when the process dies, so it never goes stale. A second
-  writer fails at once with the holder's pid (exit status 2), it does not wait.
+  writer fails at once with the holder's pid (exit status 2), unless it asks to wait a bounded
+  time (``wait_s``: a sweep writing its table waits for another sweep's).
 - :func:`output_dir`: a new directory built under ``.NAME.partial-XXXX`` beside its final name
   and renamed into place on success; on any exception (``KeyboardInterrupt`` and
   :class:`Terminated` included) the partial directory is removed. An existing output is replaced
@@ -31,6 +32,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -109,10 +111,13 @@ def _lock_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
-    """Hold the writer's lock of ``path``; fail at once if another process holds it."""
+def output_lock(path: str | Path, what: str = "output", *,
+                wait_s: float = 0.0) -> Iterator[None]:
+    """Hold the writer's lock of ``path``; fail if another process holds it (at once, or
+    after waiting up to ``wait_s`` seconds for it to finish)."""
     target = Path(path)
     lock = _lock_path(target)
+    deadline = time.monotonic() + wait_s
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
@@ -121,6 +126,9 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[None]:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             raise OutputError(f"{target}: another lsp-codesign process ({_holder(lock)}) is "
                               f"writing this {what}; wait for it to finish or choose another "
                               "path") from None

@@ -86,6 +86,7 @@ def _failure(exc: BaseException) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch
     debug = os.environ.get("LSP_DEBUG", "") not in ("", "0")
     loggers = [logging.getLogger(n) for n in ("timm", "torch", "amaranth", "cocotb", "matplotlib")]
     levels = [lg.level for lg in loggers]
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug or isinstance(exc, SystemExit):
             raise
         message, status = _failure(exc)
-        print(f"lsp-codesign {args.command}: {message}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # quiet: another process (rank 0) reports it
+            print(f"lsp-codesign {args.command}: {message}", file=sys.stderr)
         return status
     finally:
         for lg, level in zip(loggers, levels):

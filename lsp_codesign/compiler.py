@@ -1,33 +1,37 @@
-"""Lower a masked int8 layer to a program and a memory image for the block-sparse engine.
+"""Lower a masked int8 layer to a program and a DRAM image for the block-sparse engine.
 
-``compile_layer`` produces everything a host (or a cocotb bench) loads before pulsing ``start``:
-the instruction words for IMEM and the words for XMEM, WMEM, IDX, plus where to read Y back.
-``reference_gemm`` is the numpy result the engine must reproduce bit for bit.
+``compile_layer`` tiles the layer (:func:`lsp_codesign.tiling.plan_layer`), lays out its tile
+descriptors, X tiles, kept weight blocks, index segments and Y regions in DRAM (``docs/hw.md``
+§3), writes one descriptor per tile (§5) and the fixed 8-instruction program. A host (or a
+cocotb bench) loads the program into IMEM and the image into DRAM, pulses ``start``, and reads
+the Y area back; :func:`read_y` turns it into the ``(M, K)`` result. ``reference_gemm`` is the
+numpy answer the engine must reproduce bit for bit.
 
-Memory word packing (``docs/hw.md``, "Memory map"): element ``j`` of a word occupies bits
-``[w*j + w-1 : w*j]`` (element 0 in the least significant bits), two's complement.
+Packing (§3): element ``j`` of a word occupies bits ``[w*j + w-1 : w*j]`` (element 0 in the least
+significant bits), two's complement; words are packed into DRAM beats the same way.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import Engine, HwConfig
 from .errors import LspError
-
-from .config import ACC_BITS, HwConfig
-from .isa import Instr, encode, li, program_text
-from .packing import BlockGrid, PackedWeight, pack
+from .isa import (SWAP_W, SWAP_X, SWAP_Y, Instr, encode, encode_descriptor, li, program_text)
+from .packing import BlockGrid, PackedWeight, expand_mask, pack
+from .tiling import Plan, TilingError, plan_layer, w_chunks
 
 __all__ = [
-    "CompileError", "Bases", "LayerProgram", "compile_layer", "layer_program",
-    "layer_program_length", "reference_gemm", "pack_words", "unpack_words", "x_image",
-    "read_y",
+    "CompileError", "LayerProgram", "compile_layer", "layer_program", "LAYER_PROGRAM_LENGTH",
+    "reference_gemm", "pack_words", "unpack_words", "read_y", "encode_y", "to_beats",
+    "from_beats",
 ]
 
 _A0, _A1 = 10, 11
+#: Instructions of the compiler's program, whatever the layer (``li`` is always 2 words).
+LAYER_PROGRAM_LENGTH = 8
 
 
 class CompileError(LspError, ValueError):
@@ -35,19 +39,8 @@ class CompileError(LspError, ValueError):
 
 
 @dataclass(frozen=True)
-class Bases:
-    """Base addresses (in words / entries) of a layer's data in each memory."""
-
-    x: int = 0
-    w: int = 0
-    y: int = 0
-    row_ptr: int = 0
-    col_idx: int | None = None  # default: right after the row pointers
-
-
-@dataclass(frozen=True)
 class LayerProgram:
-    """A compiled layer: program words, memory images and the geometry to read Y back.
+    """A compiled layer: program words, DRAM image, and where Y comes back.
 
     Attributes
     ----------
@@ -57,14 +50,17 @@ class LayerProgram:
         IMEM image (instruction words).
     text : str
         The program as assembly.
-    xmem, wmem, idx : dict[int, int]
-        Sparse memory images: address -> word value.
+    dram : dict[int, int]
+        DRAM image: beat address -> beat value of every beat the program reads (descriptors,
+        X tiles, W segments, index), zeros included.
     y_base, y_words : int
-        Where Y lies in YMEM and how many words it spans.
+        First beat of the Y area and its length in beats (what the host reads back).
+    plan : Plan
+        The tiling.
     packed : PackedWeight
         The block-sparse weight the program runs.
-    mt : int
-        Token tiles ``ceil(M / BM)``.
+    y_regions : dict
+        ``(token block, row group)`` -> first beat of that Y region, relative to ``y_base``.
     extra : dict
         ``name``: the layer's name, used in progress lines and error messages.
     """
@@ -74,18 +70,21 @@ class LayerProgram:
     k: int
     words: list[int]
     text: str
-    xmem: dict[int, int]
-    wmem: dict[int, int]
-    idx: dict[int, int]
+    dram: dict[int, int]
     y_base: int
     y_words: int
+    plan: Plan
     packed: PackedWeight
-    mt: int
+    y_regions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
     def nnz(self) -> int:
         return self.packed.nnz
+
+    @property
+    def n_tiles(self) -> int:
+        return self.plan.n_tiles
 
 
 def pack_words(values: np.ndarray, elem_bits: int) -> list[int]:
@@ -93,15 +92,11 @@ def pack_words(values: np.ndarray, elem_bits: int) -> list[int]:
     v = np.asarray(values)
     if v.ndim != 2:
         raise ValueError("pack_words expects a 2-D array (words x elements)")
-    if elem_bits == 8:
-        raw = v.astype(np.int8).view(np.uint8)
-    elif elem_bits == 16:
-        raw = v.astype(np.int64).astype(np.uint16).view(np.uint8)
-    elif elem_bits == 32:
-        raw = v.astype(np.int64).astype(np.uint32).astype("<u4").view(np.uint8)
-    else:
+    dt = {8: "<i1", 16: "<i2", 32: "<i4"}.get(elem_bits)
+    if dt is None:
         raise ValueError(f"unsupported element width {elem_bits}")
-    raw = np.ascontiguousarray(raw).reshape(v.shape[0], -1)
+    raw = np.ascontiguousarray(v.astype(np.int64).astype(dt)).view(np.uint8)
+    raw = raw.reshape(v.shape[0], -1)
     return [int.from_bytes(row.tobytes(), "little") for row in raw]
 
 
@@ -114,53 +109,101 @@ def unpack_words(words: list[int], elem_bits: int, elems: int, signed: bool = Tr
     return np.frombuffer(buf, dtype=dt).reshape(len(words), elems).astype(np.int64)
 
 
+def to_beats(data: bytes, beat_bytes: int) -> list[int]:
+    """Little-endian bytes -> DRAM beats (the last one padded with zeros)."""
+    pad = (-len(data)) % beat_bytes
+    data = data + bytes(pad)
+    return [int.from_bytes(data[i: i + beat_bytes], "little")
+            for i in range(0, len(data), beat_bytes)]
+
+
+def from_beats(beats: list[int], beat_bytes: int) -> bytes:
+    """DRAM beats -> little-endian bytes."""
+    return b"".join(int(b).to_bytes(beat_bytes, "little") for b in beats)
+
+
 def reference_gemm(x: np.ndarray, w: np.ndarray, mask: np.ndarray | None,
                    block_k: int, block_n: int) -> np.ndarray:
     """``Y = X . (W * mask)^T`` in int32 with two's complement wrap-around, as the engine does."""
     x64 = np.asarray(x, dtype=np.int64)
     w64 = np.asarray(w, dtype=np.int64)
     if mask is not None:
-        from .packing import expand_mask
         w64 = w64 * expand_mask(mask, w64.shape[0], w64.shape[1], block_k, block_n)
     y = x64 @ w64.T
     return ((y + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int64)
 
 
-def layer_program(m: int, n: int, k: int, nnz: int, bases: Bases, kb: int) -> list[Instr]:
-    """The instruction sequence that runs one layer (fixed length: see :func:`isa.li`)."""
-    cidx = bases.col_idx if bases.col_idx is not None else bases.row_ptr + kb + 1
-    seq: list[Instr] = []
-    seq += li(_A0, m) + li(_A1, n) + [Instr("lsp.dim_mn", rs1=_A0, rs2=_A1)]
-    seq += li(_A0, k) + [Instr("lsp.dim_k", rs1=_A0)]
-    seq += li(_A0, bases.x) + li(_A1, bases.w) + [Instr("lsp.base_xw", rs1=_A0, rs2=_A1)]
-    seq += li(_A0, bases.y) + [Instr("lsp.base_y", rs1=_A0)]
-    seq += li(_A0, bases.row_ptr) + li(_A1, cidx) + [Instr("lsp.base_idx", rs1=_A0, rs2=_A1)]
-    seq += li(_A0, nnz) + [Instr("lsp.nnz", rs1=_A0)]
-    seq += [Instr("lsp.gemm"), Instr("lsp.fence"), Instr("lsp.halt")]
-    return seq
+def layer_program(desc_base: int, n_tiles: int) -> list[Instr]:
+    """The instruction sequence that runs a layer's tile list (always 8 instructions)."""
+    return (li(_A0, desc_base) + li(_A1, n_tiles)
+            + [Instr("lsp.tiles", rs1=_A0, rs2=_A1), Instr("lsp.gemm"), Instr("lsp.fence"),
+               Instr("lsp.halt")])
 
 
-def layer_program_length() -> int:
-    """Instructions in a one-layer program (independent of the layer: ``li`` is fixed length)."""
-    return len(layer_program(1, 1, 1, 0, Bases(), 1))
+def _check_operands(cfg: HwConfig, x: np.ndarray, w: np.ndarray, name: str) -> None:
+    if cfg.engine is not Engine.BLOCK_SPARSE:
+        raise CompileError(f"{name}: config {cfg.name} has engine {cfg.engine}; only the "
+                           "block_sparse engine runs programs")
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise CompileError(f"{name}: X {tuple(x.shape)} and W {tuple(w.shape)} do not form "
+                           "Y = X . W^T (need X (M, N), W (K, N))")
+    for what, a in (("X", x), ("W", w)):
+        if a.dtype != np.int8:
+            if not np.issubdtype(a.dtype, np.integer) or a.min(initial=0) < -128 \
+                    or a.max(initial=0) > 127:
+                raise CompileError(f"{name}: {what} must hold int8 values")
+    if 0 in x.shape or w.shape[0] == 0:
+        raise CompileError(f"{name}: empty GEMM (M={x.shape[0]}, N={x.shape[1]}, "
+                           f"K={w.shape[0]})")
 
 
-def x_image(cfg: HwConfig, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Activations laid out as XMEM words: token-major, BN int8 per word, zero padded.
+class _Layout:
+    """DRAM allocation in beats, every region starting on a beat."""
 
-    Returns ``(words x BN array, MT)``: word ``(t * NB + j)`` holds ``X[t, j*BN:(j+1)*BN]``.
-    """
-    m, n = x.shape
-    bm, bn = cfg.tile_m, cfg.block_n
-    mt, nb = math.ceil(m / bm), math.ceil(n / bn)
-    xp = np.zeros((mt * bm, nb * bn), dtype=np.int8)
-    xp[:m, :n] = x
-    return xp.reshape(mt * bm * nb, bn), mt
+    def __init__(self, beat_bytes: int) -> None:
+        self.beat = beat_bytes
+        self.cursor = 0
+        self.image: dict[int, int] = {}
+
+    def reserve(self, nbytes: int) -> int:
+        base = self.cursor
+        self.cursor += -(-nbytes // self.beat)
+        return base
+
+    def put(self, data: bytes) -> int:
+        base = self.reserve(len(data))
+        for i, b in enumerate(to_beats(data, self.beat)):
+            self.image[base + i] = b
+        return base
+
+
+def _check_plan(cfg: HwConfig, plan: Plan, m: int, n: int, k: int, name: str) -> None:
+    if (plan.m, plan.n, plan.k) != (m, n, k) or \
+            (plan.block_k, plan.block_n, plan.tile_m) != (cfg.block_k, cfg.block_n, cfg.tile_m):
+        raise CompileError(f"{name}: the plan is for another shape or config")
+    mem, bm, wpb = cfg.memories, cfg.tile_m, cfg.words_per_block
+    for what, need, have in (("XMEM", plan.tt * bm * plan.ng, mem["xmem"].depth),
+                             ("WMEM", plan.kg * plan.ng * wpb, mem["wmem"].depth),
+                             ("IDX", 2 * plan.kg + 1 + plan.kg * plan.ng, mem["idx"].depth),
+                             ("YMEM", plan.tt * bm * plan.kg, mem["ymem"].depth)):
+        if need > have:
+            raise CompileError(f"{name}: the plan's tiles need {need} {what} words per bank, "
+                               f"the config has {have}")
+
+
+def _dcsr(mask: np.ndarray, blocks: np.ndarray, index_dtype: str) -> tuple[bytes, bytes, int, int]:
+    """Index segment and W segment bytes of one (row group, column group) of kept blocks."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    counts = mask[rows].sum(axis=1)
+    row_ptr = np.concatenate([[0], np.cumsum(counts)])
+    _r, c_idx = np.nonzero(mask)
+    index = np.concatenate([row_ptr, rows, c_idx]).astype(index_dtype)
+    return index.tobytes(), np.ascontiguousarray(blocks).tobytes(), len(rows), int(mask.sum())
 
 
 def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray | None = None,
-                  *, bases: Bases = Bases(), name: str = "layer") -> LayerProgram:
-    """Lower ``Y = X . (W * mask)^T`` to a program and memory image for ``cfg``.
+                  *, name: str = "layer", plan: Plan | None = None) -> LayerProgram:
+    """Lower ``Y = X . (W * mask)^T`` to a program and DRAM image for ``cfg``.
 
     Parameters
     ----------
@@ -172,79 +215,165 @@ def compile_layer(cfg: HwConfig, x: np.ndarray, w: np.ndarray, mask: np.ndarray 
         ``(K, N)`` int8 weight (torch ``nn.Linear`` layout).
     mask : numpy.ndarray, optional
         ``(KB, NB)`` block mask, True = kept. None keeps every block.
-    bases : Bases
-        Where to place the data in each memory.
     name : str
         Layer name used in error messages.
+    plan : Plan, optional
+        A tiling other than :func:`~lsp_codesign.tiling.plan_layer`'s for this mask (tests use
+        it to force many small tiles); it must be for this shape and fit the banks.
+
+    Raises
+    ------
+    CompileError
+        Bad operands, a layer that cannot be tiled (names the memory), or a DRAM image larger
+        than ``dram.capacity_mib``.
     """
-    if cfg.engine != "block_sparse":
-        raise CompileError(f"{name}: config {cfg.name} has engine {cfg.engine}; only the "
-                           "block_sparse engine runs programs")
-    x = np.asarray(x)
-    w = np.asarray(w)
-    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise CompileError(f"{name}: X {tuple(x.shape)} and W {tuple(w.shape)} do not form "
-                           "Y = X . W^T (need X (M, N), W (K, N))")
-    for what, a in (("X", x), ("W", w)):
-        if a.dtype != np.int8:
-            if not np.issubdtype(a.dtype, np.integer) or a.min(initial=0) < -128 \
-                    or a.max(initial=0) > 127:
-                raise CompileError(f"{name}: {what} must hold int8 values")
+    x, w = np.asarray(x), np.asarray(w)
+    _check_operands(cfg, x, w, name)
     m, n = x.shape
     k = w.shape[0]
-    if m == 0 or n == 0 or k == 0:
-        raise CompileError(f"{name}: empty GEMM (M={m}, N={n}, K={k})")
+    try:
+        plan_layer(cfg, m, n, k, name=name)         # the shape can be tiled at all
+    except TilingError as exc:
+        raise CompileError(str(exc)) from None
     grid = BlockGrid(k, n, cfg.block_k, cfg.block_n)
-    if mask is None:
-        mask = np.ones(grid.shape, dtype=bool)
+    mask = np.ones(grid.shape, dtype=bool) if mask is None else grid.check_mask(mask)
+    if plan is None:
+        plan = plan_layer(cfg, m, n, k, name=name, mask=mask)     # tiled for this mask
+    else:
+        _check_plan(cfg, plan, m, n, k, name)
     packed = pack(w.astype(np.int8), mask, cfg.block_k, cfg.block_n)
-    xw, mt = x_image(cfg, x.astype(np.int8))
-    kb, nb = grid.kb, grid.nb
-    cidx_base = bases.col_idx if bases.col_idx is not None else bases.row_ptr + kb + 1
-    y_words = mt * cfg.tile_m * kb
-
-    need = {
-        "xmem": (bases.x, xw.shape[0]),
-        "wmem": (bases.w, packed.nnz * cfg.block_k),
-        "ymem": (bases.y, y_words),
-    }
-    for mem, (base, count) in need.items():
-        spec = cfg.memories[mem]
-        if base < 0 or base + count > spec.depth:
-            raise CompileError(
-                f"{name}: needs {count} {mem.upper()} words at base {base} "
-                f"({count * spec.word_bytes / 1024:.1f} KiB) but {cfg.source or cfg.name} has "
-                f"{spec.depth} words ({spec.capacity_kib:g} KiB); raise memories.{mem}_kib")
-    idx_spec = cfg.memories["idx"]
-    idx_end = max(bases.row_ptr + kb + 1, cidx_base + packed.nnz)
-    if min(bases.row_ptr, cidx_base) < 0 or idx_end > idx_spec.depth:
-        raise CompileError(f"{name}: needs IDX entries up to {idx_end} but {cfg.source or cfg.name}"
-                           f" has {idx_spec.depth}; raise memories.idx_kib")
-    if packed.nnz >= (1 << cfg.index_bits) or nb > (1 << cfg.index_bits):
-        raise CompileError(f"{name}: {packed.nnz} kept blocks / {nb} block columns do not fit "
-                           f"index_bits={cfg.index_bits}")
-    instrs = layer_program(m, n, k, packed.nnz, bases, kb)
-    imem = cfg.memories["imem"]
-    if len(instrs) > imem.depth:
+    beat = cfg.dram.bytes_per_cycle
+    lay = _Layout(beat)
+    desc_base = lay.reserve(plan.n_tiles * 64)
+    x_addr = _place_x(cfg, plan, x, grid, lay)
+    w_addr, i_addr, geo = _place_weights(cfg, plan, mask, packed, grid, lay)
+    y_base = lay.cursor
+    y_regions = {}
+    for ti, tt in enumerate(plan.t_sizes):
+        for gi, kg in enumerate(plan.g_sizes):
+            y_regions[ti, gi] = lay.reserve(tt * cfg.tile_m * kg * cfg.block_k * 4) - y_base
+    y_beats = lay.cursor - y_base
+    descs = _descriptors(cfg, plan, geo, x_addr, w_addr, i_addr,
+                         {key: y_base + off for key, off in y_regions.items()})
+    for i, b in enumerate(to_beats(np.asarray(descs, dtype="<u4").tobytes(), beat)):
+        lay.image[desc_base + i] = b
+    if lay.cursor > cfg.dram.depth:
+        raise CompileError(f"{name}: the layer's DRAM image needs {lay.cursor * beat:,} bytes "
+                           f"but {cfg.source or cfg.name} has {cfg.dram.depth * beat:,} "
+                           "(dram.capacity_mib)")
+    instrs = layer_program(desc_base, plan.n_tiles)
+    assert len(instrs) == LAYER_PROGRAM_LENGTH
+    if len(instrs) > cfg.memories["imem"].depth:
         raise CompileError(f"{name}: program of {len(instrs)} instructions exceeds IMEM "
-                           f"({imem.depth} words)")
-    words = [encode(i) for i in instrs]
-    xmem = {bases.x + a: v for a, v in enumerate(pack_words(xw, 8))}
-    wrows = packed.blocks.reshape(-1, cfg.block_n) if packed.nnz else \
-        np.zeros((0, cfg.block_n), np.int8)
-    wmem = {bases.w + a: v for a, v in enumerate(pack_words(wrows, 8))} if packed.nnz else {}
-    idx = {bases.row_ptr + i: int(v) for i, v in enumerate(packed.row_ptr)}
-    idx.update({cidx_base + i: int(v) for i, v in enumerate(packed.col_idx)})
-    return LayerProgram(m=m, n=n, k=k, words=words, text=program_text(instrs), xmem=xmem,
-                        wmem=wmem, idx=idx, y_base=bases.y, y_words=y_words, packed=packed,
-                        mt=mt, extra={"name": name})
+                           f"({cfg.memories['imem'].depth} words)")
+    return LayerProgram(m=m, n=n, k=k, words=[encode(i) for i in instrs],
+                        text=program_text(instrs), dram=lay.image, y_base=y_base,
+                        y_words=y_beats, plan=plan, packed=packed, y_regions=y_regions,
+                        extra={"name": name})
 
 
-def read_y(cfg: HwConfig, prog: LayerProgram, ymem_words: list[int]) -> np.ndarray:
-    """Unpack the ``(M, K)`` int32 result from the Y words read back (from ``prog.y_base``)."""
-    kb = prog.packed.grid.kb
-    if len(ymem_words) != prog.y_words:
-        raise ValueError(f"expected {prog.y_words} Y words, got {len(ymem_words)}")
-    arr = unpack_words(ymem_words, ACC_BITS, cfg.block_k)  # (MT*BM*KB, BK)
-    y = arr.reshape(prog.mt * cfg.tile_m, kb * cfg.block_k)
+def _starts(sizes) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+
+def _place_x(cfg: HwConfig, plan: Plan, x: np.ndarray, grid: BlockGrid,
+             lay: "_Layout") -> dict:
+    """Write the X tiles (token tiles x column groups, zero padded) and return their beats."""
+    bm, bn = cfg.tile_m, cfg.block_n
+    m, n = x.shape
+    xp = np.zeros((plan.mt * bm, grid.nb * bn), dtype=np.int8)
+    xp[:m, :n] = x.astype(np.int8)
+    t0, h0 = _starts(plan.t_sizes), _starts(plan.h_sizes)
+    x_addr = {}
+    for ti in range(len(plan.t_sizes)):
+        for hi in range(len(plan.h_sizes)):
+            tile = xp[t0[ti] * bm: t0[ti + 1] * bm, h0[hi] * bn: h0[hi + 1] * bn]
+            x_addr[ti, hi] = lay.put(np.ascontiguousarray(tile).tobytes())
+    return x_addr
+
+
+def _place_weights(cfg: HwConfig, plan: Plan, mask: np.ndarray, packed, grid: BlockGrid,
+                   lay: "_Layout") -> tuple[dict, dict, dict]:
+    """Write each (row group, column group)'s W segment and index segment.
+
+    Returns the W beats, the index beats and ``(R, NNZ)`` per group pair.
+    """
+    tiles4 = np.zeros((grid.kb, grid.nb, cfg.block_k, cfg.block_n), dtype=np.int8)
+    rows_all = np.repeat(np.arange(grid.kb), np.diff(packed.row_ptr))
+    tiles4[rows_all, packed.col_idx] = packed.blocks
+    idx_dtype = {8: "<u1", 16: "<u2", 32: "<u4"}[cfg.index_bits]
+    g0, h0 = _starts(plan.g_sizes), _starts(plan.h_sizes)
+    w_addr, i_addr, geo = {}, {}, {}
+    for gi in range(len(plan.g_sizes)):
+        for hi in range(len(plan.h_sizes)):
+            rs, cs = slice(g0[gi], g0[gi + 1]), slice(h0[hi], h0[hi + 1])
+            sub = mask[rs, cs]
+            index, wbytes, r, nnz = _dcsr(sub, tiles4[rs, cs][sub], idx_dtype)
+            w_addr[gi, hi] = lay.put(wbytes)
+            i_addr[gi, hi] = lay.put(index)
+            geo[gi, hi] = (r, nnz)
+    return w_addr, i_addr, geo
+
+
+def _descriptors(cfg: HwConfig, plan: Plan, geo: dict, x_addr: dict, w_addr: dict,
+                 i_addr: dict, y_addr: dict) -> list[int]:
+    """The 16-word descriptor of every tile, in run order (docs/hw.md section 5)."""
+    owner, jj, nch = plan.w_runs()
+    ww = cfg.memories["wmem"].word_bits
+    unit = max(1, cfg.dram.beat_bits // ww)
+    descs: list[int] = []
+    for kk in range(plan.n_tiles):
+        ti, gi, hi = int(plan.tile_t[kk]), int(plan.tile_g[kk]), int(plan.tile_h[kk])
+        r, nnz = geo[gi, hi]
+        flags = (SWAP_X * bool(plan.swap_x[kk]) | SWAP_W * bool(plan.swap_w[kk])
+                 | SWAP_Y * bool(plan.swap_y[kk]))
+        wlen = w_at = 0
+        if owner[kk] >= 0:
+            og, oh = int(plan.tile_g[owner[kk]]), int(plan.tile_h[owner[kk]])
+            words = geo[og, oh][1] * cfg.words_per_block
+            wlen, wstart = (int(v) for v in w_chunks(words, int(nch[kk]), int(jj[kk]), unit))
+            w_at = w_addr[og, oh] + wstart * ww // cfg.dram.beat_bits
+        descs += encode_descriptor(
+            flags=flags, tt=plan.t_sizes[ti], kg=plan.g_sizes[gi], ng=plan.h_sizes[hi], r=r,
+            nnz=nnz, x=x_addr[ti, hi] if flags & SWAP_X else 0,
+            idx=i_addr[gi, hi] if flags & SWAP_W else 0,
+            y=y_addr[ti, gi] if flags & SWAP_Y else 0,
+            w=w_at if wlen else 0, wlen=wlen)
+    return descs
+
+
+def _y_layout(cfg: HwConfig, prog: LayerProgram):
+    plan, bm, bk = prog.plan, cfg.tile_m, cfg.block_k
+    t0 = np.concatenate([[0], np.cumsum(plan.t_sizes)])
+    g0 = np.concatenate([[0], np.cumsum(plan.g_sizes)])
+    for (ti, gi), off in prog.y_regions.items():
+        rows = slice(t0[ti] * bm, t0[ti + 1] * bm)
+        cols = slice(g0[gi] * bk, g0[gi + 1] * bk)
+        nbytes = plan.t_sizes[ti] * bm * plan.g_sizes[gi] * bk * 4
+        yield rows, cols, off, nbytes
+
+
+def read_y(cfg: HwConfig, prog: LayerProgram, y_beats: list[int]) -> np.ndarray:
+    """The ``(M, K)`` int32 result from the Y area read back (``prog.y_words`` beats)."""
+    if len(y_beats) != prog.y_words:
+        raise ValueError(f"expected {prog.y_words} Y beats, got {len(y_beats)}")
+    beat = cfg.dram.bytes_per_cycle
+    data = from_beats(y_beats, beat)
+    plan = prog.plan
+    y = np.zeros((plan.mt * cfg.tile_m, plan.kb * cfg.block_k), dtype=np.int64)
+    for rows, cols, off, nbytes in _y_layout(cfg, prog):
+        region = np.frombuffer(data[off * beat: off * beat + nbytes], dtype="<i4")
+        y[rows, cols] = region.reshape(rows.stop - rows.start, cols.stop - cols.start)
     return y[: prog.m, : prog.k]
+
+
+def encode_y(cfg: HwConfig, prog: LayerProgram, y: np.ndarray) -> list[int]:
+    """The Y area an engine computing ``y`` (``(M, K)``) leaves in DRAM (inverse of read_y)."""
+    plan, beat = prog.plan, cfg.dram.bytes_per_cycle
+    yp = np.zeros((plan.mt * cfg.tile_m, plan.kb * cfg.block_k), dtype="<i4")
+    yp[: prog.m, : prog.k] = np.asarray(y, dtype=np.int64).astype(np.int32)
+    data = bytearray(prog.y_words * beat)
+    for rows, cols, off, nbytes in _y_layout(cfg, prog):
+        data[off * beat: off * beat + nbytes] = np.ascontiguousarray(yp[rows, cols]).tobytes()
+    return to_beats(bytes(data), beat)
+

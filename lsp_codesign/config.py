@@ -15,104 +15,45 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from .config_schema import (ENERGY_KEYS, MEM_KEYS, TOP_KEYS, ConfigError, check_mapping,
-                            check_sram_table, parse_block, parse_pair)
+from .config_schema import (DRAM_KEYS, ENERGY_KEYS, MEM_KEYS, TOP_KEYS, ConfigError,
+                            check_mapping, check_sram_table, parse_block, parse_pair)
 from .config_schema import fail as _fail
+from .hwspec import (ACC_BITS, ACT_BITS, INSN_BITS, MEMORIES, WEIGHT_BITS, Dataflow, DramSpec,
+                     Engine, MemorySpec, check_bounds, derive_memories, sram_pj_per_64b)
 from .strict_yaml import YamlError, read_yaml
 
 __all__ = [
     "ConfigError",
     "HwConfig",
     "MemorySpec",
+    "DramSpec",
+    "Engine",
+    "Dataflow",
     "load_config",
     "parse_block",
     "parse_pair",
     "ENGINES",
     "DATAFLOWS",
+    "MEMORIES",
+    "sram_pj_per_64b",
+    "ACT_BITS",
+    "WEIGHT_BITS",
+    "ACC_BITS",
+    "INSN_BITS",
 ]
 
-ENGINES = ("block_sparse", "systolic")
-DATAFLOWS = ("os", "ws", "is")
-MEMORY_NAMES = ("imem", "xmem", "wmem", "idx", "ymem")
-
-# Fixed data types of the engine: int8 operands, int32 accumulation (wrap-around).
-ACT_BITS = 8
-WEIGHT_BITS = 8
-ACC_BITS = 32
-INSN_BITS = 32
+ENGINES = tuple(e.value for e in Engine)
+DATAFLOWS = tuple(d.value for d in Dataflow)
 
 
 def _is_pow2(v: int) -> bool:
     return v > 0 and (v & (v - 1)) == 0
-
-
-def _clog2(v: int) -> int:
-    """Bits needed to address ``v`` entries (at least 1)."""
-    return max(1, math.ceil(math.log2(v))) if v > 1 else 1
-
-
-@dataclass(frozen=True)
-class MemorySpec:
-    """One on-chip SRAM of the engine, with its derived geometry and energy.
-
-    Attributes
-    ----------
-    name : str
-        ``imem``, ``xmem``, ``wmem``, ``idx`` or ``ymem``.
-    word_bits : int
-        Width of one word (one access).
-    depth : int
-        Number of words.
-    addr_bits : int
-        Address width.
-    capacity_kib : float
-        ``depth * word_bits / 8 / 1024``.
-    access_pj : float
-        Energy of one word access (read or write), scaled from the 64-bit figure of an SRAM of
-        this capacity.
-    """
-
-    name: str
-    word_bits: int
-    depth: int
-    addr_bits: int
-    capacity_kib: float
-    access_pj: float
-
-    @property
-    def word_bytes(self) -> int:
-        return self.word_bits // 8
-
-    @property
-    def pj_per_byte(self) -> float:
-        return self.access_pj / (self.word_bits / 8)
-
-
-def sram_pj_per_64b(table: Mapping[float, float], capacity_kib: float) -> float:
-    """Energy of a 64-bit access to an SRAM of ``capacity_kib``.
-
-    Piecewise linear in log2(capacity) through the table's points; clamped to the first point
-    below it and extended along the last segment above it (larger arrays keep getting costlier).
-    """
-    pts = sorted((float(k), float(v)) for k, v in table.items())
-    xs = [math.log2(k) for k, _ in pts]
-    ys = [v for _, v in pts]
-    x = math.log2(max(capacity_kib, 1e-9))
-    if len(pts) == 1 or x <= xs[0]:
-        return ys[0]
-    for i in range(1, len(xs)):
-        if x <= xs[i]:
-            t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-            return ys[i - 1] + t * (ys[i] - ys[i - 1])
-    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-    return ys[-1] + slope * (x - xs[-1])
 
 
 @dataclass(frozen=True)
@@ -134,30 +75,33 @@ class HwConfig:
         PE array shape. For ``block_sparse`` it follows the block (``BK x BN``); for ``systolic``
         it is the configured array.
     memories : dict[str, MemorySpec]
-        Geometry and access energy of each SRAM.
-    block_step_cycles : int
-        ``max(BM, BK)``: one kept block for one token tile (block-sparse engine).
-    drain_cycles : int
-        ``BM + 1``: writing one output tile row of blocks.
+        Geometry and access energy of each memory (banks, depth per bank, word width).
+    dram : DramSpec or None
+        The off-chip memory of the block-sparse engine (None for the systolic model).
+    weight_rows_per_word : int
+        ``r = max(1, BK / BM)``: block rows in one WMEM word.
+    words_per_block : int
+        ``wpb = BK / r = min(BK, BM)``: WMEM words of one block (its load time in cycles).
     fill_cycles : int
-        ``BK``: the first block's weights, before any compute.
+        ``F = max(wpb, 3)``: a tile's wait for its first block.
     """
 
     name: str
-    engine: str
+    engine: Engine
     clock_mhz: float
     block_k: int
     block_n: int
     tile_m: int
     array_rows: int
     array_cols: int
-    dataflow: str
+    dataflow: Dataflow | None
     index_bits: int
     mem_params: tuple[tuple[str, float], ...]
     mac_pj: float
     sram_table: tuple[tuple[float, float], ...]
     dram_pj_per_64b: float
     static_mw: float
+    dram: DramSpec | None = None
     description: str = ""
     source: str = field(default="", compare=False)
     # derived
@@ -176,18 +120,22 @@ class HwConfig:
         mems = check_mapping(raw["memories"], MEM_KEYS, "memories.", where)
         energy = check_mapping(raw["energy"], ENERGY_KEYS, "energy.", where)
 
-        engine = raw["engine"]
-        if engine not in ENGINES:
-            raise _fail(where, "engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}")
+        if raw["engine"] not in ENGINES:
+            raise _fail(where, "engine",
+                        f"expected one of {', '.join(ENGINES)}, got {raw['engine']!r}")
+        engine = Engine(raw["engine"])
         bk, bn = parse_block(raw["block"], where=where)
-        if engine == "systolic":
+        dram = None
+        if engine is Engine.SYSTOLIC:
             if "array" not in raw:
                 raise _fail(where, "array", "missing required key for engine systolic")
             rows, cols = parse_pair(raw["array"], key="array", where=where)
-            dataflow = raw.get("dataflow", "ws")
-            if dataflow not in DATAFLOWS:
-                raise _fail(where, "dataflow",
-                            f"expected one of {', '.join(DATAFLOWS)}, got {dataflow!r}")
+            if raw.get("dataflow", "ws") not in DATAFLOWS:
+                raise _fail(where, "dataflow", f"expected one of {', '.join(DATAFLOWS)}, "
+                                               f"got {raw['dataflow']!r}")
+            dataflow = Dataflow(raw.get("dataflow", "ws"))
+            if "dram" in raw:
+                raise _fail(where, "dram", "the systolic model has no DRAM section; remove it")
         else:
             if "array" in raw:
                 raise _fail(where, "array", "the block_sparse engine's array follows the block "
@@ -195,8 +143,9 @@ class HwConfig:
             if "dataflow" in raw:
                 raise _fail(where, "dataflow", "only the systolic engine has a dataflow; "
                             "remove this key")
+            dram = _dram_spec(raw, where)
             rows, cols = bk, bn
-            dataflow = "bs"
+            dataflow = None
         sram_table = check_sram_table(energy["sram_pj_per_64b"], where)
         cfg = cls(
             name=raw["name"],
@@ -214,6 +163,7 @@ class HwConfig:
             sram_table=tuple(sorted(sram_table)),
             dram_pj_per_64b=float(energy["dram_pj_per_64b"]),
             static_mw=float(energy["static_mw"]),
+            dram=dram,
             description=raw.get("description", ""),
             source=source,
         )
@@ -225,7 +175,7 @@ class HwConfig:
             raise _fail(where, "clock_mhz", f"must be positive, got {self.clock_mhz:g}")
         if self.tile_m <= 0:
             raise _fail(where, "tile_m", f"must be positive, got {self.tile_m}")
-        if self.engine == "block_sparse":
+        if self.engine is Engine.BLOCK_SPARSE:
             for key, v in (("block", self.block_k), ("block", self.block_n),
                            ("tile_m", self.tile_m)):
                 if not _is_pow2(v) or v < 2:
@@ -256,39 +206,19 @@ class HwConfig:
                        ("energy.static_mw", self.static_mw)):
             if v < 0:
                 raise _fail(where, key, f"energy must not be negative, got {v:g}")
-        object.__setattr__(self, "memories", self._derive_memories())
-        wmem = self.memories["wmem"]
-        if self.engine == "block_sparse" and wmem.depth < self.block_k:
-            raise _fail(where, "memories.wmem_kib",
-                        f"{wmem.capacity_kib:g} KiB cannot hold one {self.block_k}x{self.block_n} "
-                        f"block ({self.block_k * self.block_n} bytes)")
-        for name in ("xmem", "ymem", "idx"):
+        if self.dram is not None:
+            for key, v in (("dram.bytes_per_cycle", self.dram.bytes_per_cycle),
+                           ("dram.latency_cycles", self.dram.latency_cycles),
+                           ("dram.capacity_mib", self.dram.capacity_mib)):
+                if v <= 0:
+                    raise _fail(where, key, f"must be positive, got {v:g}")
+        object.__setattr__(self, "memories", derive_memories(self))
+        check_bounds(self, lambda key, msg: _fail(where, key, msg))
+        for name in MEMORIES:
             if self.memories[name].depth < 1:
-                raise _fail(where, f"memories.{name}_kib",
+                key = "memories.imem_words" if name == "imem" else f"memories.{name}_kib"
+                raise _fail(where, key,
                             f"too small for one {self.memories[name].word_bits}-bit word")
-
-    def _derive_memories(self) -> dict[str, MemorySpec]:
-        p = dict(self.mem_params)
-        widths = {
-            "imem": INSN_BITS,
-            "xmem": self.block_n * ACT_BITS,
-            "wmem": self.block_n * WEIGHT_BITS,
-            "idx": self.index_bits,
-            "ymem": self.block_k * ACC_BITS,
-        }
-        out = {}
-        for name in MEMORY_NAMES:
-            w = widths[name]
-            if name == "imem":
-                depth = int(p["imem_words"])
-            else:
-                depth = int(p[f"{name}_kib"] * 1024 * 8 // w)
-            cap = depth * w / 8 / 1024
-            pj64 = sram_pj_per_64b(dict(self.sram_table), cap)
-            out[name] = MemorySpec(name=name, word_bits=w, depth=depth,
-                                   addr_bits=_clog2(max(depth, 2)), capacity_kib=cap,
-                                   access_pj=pj64 * w / 64)
-        return out
 
     # ---- derived values -----------------------------------------------------------------------
 
@@ -314,16 +244,16 @@ class HwConfig:
         return self.dram_pj_per_64b / 8
 
     @property
-    def block_step_cycles(self) -> int:
-        return max(self.tile_m, self.block_k)
+    def weight_rows_per_word(self) -> int:
+        return max(1, self.block_k // self.tile_m)
 
     @property
-    def drain_cycles(self) -> int:
-        return self.tile_m + 1
+    def words_per_block(self) -> int:
+        return self.block_k // self.weight_rows_per_word
 
     @property
     def fill_cycles(self) -> int:
-        return self.block_k
+        return max(self.words_per_block, 3)
 
     @property
     def macs_per_cycle(self) -> int:
@@ -342,12 +272,12 @@ class HwConfig:
         if block is not None:
             raw["block"] = "%dx%d" % parse_block(block, key="--block")
         if array is not None:
-            if self.engine != "systolic":
+            if self.engine is not Engine.SYSTOLIC:
                 raise ConfigError(f"--array: engine {self.engine} has no configurable array "
                                   f"(its array follows the block); use a systolic config")
             raw["array"] = "%dx%d" % parse_pair(array, key="--array")
         if dataflow is not None:
-            if self.engine != "systolic":
+            if self.engine is not Engine.SYSTOLIC:
                 raise ConfigError(f"--dataflow: engine {self.engine} has no dataflow option; "
                                   "use a systolic config")
             if dataflow not in DATAFLOWS:
@@ -366,13 +296,13 @@ class HwConfig:
         d: dict[str, Any] = {"name": self.name}
         if self.description:
             d["description"] = self.description
-        d["engine"] = self.engine
+        d["engine"] = self.engine.value
         d["clock_mhz"] = self.clock_mhz
         d["block"] = self.block_str
         d["tile_m"] = self.tile_m
-        if self.engine == "systolic":
+        if self.engine is Engine.SYSTOLIC:
             d["array"] = f"{self.array_rows}x{self.array_cols}"
-            d["dataflow"] = self.dataflow
+            d["dataflow"] = self.dataflow.value
         d["index_bits"] = self.index_bits
         d["memories"] = {k: (int(v) if float(v).is_integer() else v) for k, v in self.mem_params}
         d["energy"] = {
@@ -381,6 +311,11 @@ class HwConfig:
             "dram_pj_per_64b": self.dram_pj_per_64b,
             "static_mw": self.static_mw,
         }
+        if self.dram is not None:
+            cap = self.dram.capacity_mib
+            d["dram"] = {"bytes_per_cycle": self.dram.bytes_per_cycle,
+                         "latency_cycles": self.dram.latency_cycles,
+                         "capacity_mib": int(cap) if float(cap).is_integer() else cap}
         return d
 
     def to_yaml(self) -> str:
@@ -390,19 +325,22 @@ class HwConfig:
         """Every derived value, as plain data (written next to generated RTL as params.json)."""
         return {
             "name": self.name,
-            "engine": self.engine,
+            "engine": self.engine.value,
             "block_k": self.block_k,
             "block_n": self.block_n,
             "tile_m": self.tile_m,
             "array_rows": self.array_rows,
             "array_cols": self.array_cols,
-            "dataflow": self.dataflow,
+            "dataflow": None if self.dataflow is None else self.dataflow.value,
             "index_bits": self.index_bits,
             "clock_mhz": self.clock_mhz,
             "period_ns": self.period_ns,
-            "block_step_cycles": self.block_step_cycles,
-            "drain_cycles": self.drain_cycles,
+            "weight_rows_per_word": self.weight_rows_per_word,
+            "words_per_block": self.words_per_block,
             "fill_cycles": self.fill_cycles,
+            "dram": None if self.dram is None else {
+                **dataclasses.asdict(self.dram), "depth": self.dram.depth,
+                "beat_bits": self.dram.beat_bits, "desc_beats": self.dram.desc_beats},
             "counter_bits": self.counter_bits,
             "memories": {n: dataclasses.asdict(m) for n, m in self.memories.items()},
             "energy": {
@@ -416,6 +354,16 @@ class HwConfig:
         """Short stable hash of everything that shapes the generated hardware."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _dram_spec(raw: Mapping[str, Any], where: str) -> DramSpec:
+    """The ``dram`` section of a block-sparse config, checked by the schema."""
+    if "dram" not in raw:
+        raise _fail(where, "dram", "missing required key for engine block_sparse "
+                                   "(bytes_per_cycle, latency_cycles, capacity_mib)")
+    d = check_mapping(raw["dram"], DRAM_KEYS, "dram.", where)
+    return DramSpec(bytes_per_cycle=d["bytes_per_cycle"], latency_cycles=d["latency_cycles"],
+                    capacity_mib=float(d["capacity_mib"]))
 
 
 def load_config(path: str | Path, **overrides: Any) -> HwConfig:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .errors import LspError
 
 __all__ = ["ConfigError", "parse_pair", "parse_block", "MAX_PAIR", "TOP_KEYS", "MEM_KEYS",
-           "ENERGY_KEYS", "check_mapping", "check_sram_table", "fail"]
+           "DRAM_KEYS", "ENERGY_KEYS", "check_mapping", "check_sram_table", "fail"]
 
 
 class ConfigError(LspError, ValueError):
@@ -91,6 +91,7 @@ TOP_KEYS = {
     "index_bits": ("int", False, 32),
     "memories": ("map", True, 16),
     "energy": ("map", True, 16),
+    "dram": ("map", False, 16),
 }
 MEM_KEYS = {
     "imem_words": ("int", True, 1 << 20),
@@ -98,6 +99,11 @@ MEM_KEYS = {
     "wmem_kib": ("num", True, 1 << 20),
     "idx_kib": ("num", True, 1 << 20),
     "ymem_kib": ("num", True, 1 << 20),
+}
+DRAM_KEYS = {
+    "bytes_per_cycle": ("int", True, 1 << 10),
+    "latency_cycles": ("int", True, 1 << 20),
+    "capacity_mib": ("num", True, 1 << 20),
 }
 ENERGY_KEYS = {
     "mac_pj": ("num", True, 1e6),

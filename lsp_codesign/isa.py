@@ -12,14 +12,15 @@ Decoding is strict, so that every legal word has exactly one text form: a custom
 register fields are not zero is illegal, as is any opcode other than the three above, or an
 OP-IMM word whose funct3 is not ADDI's. The RTL decoder (``hw/``) is generated from :data:`OPS`.
 
-This module is used by the assembler, the disassembler, the compiler, the cycle/energy model and
-the RTL; it imports nothing beyond the standard library.
+This module is used by the assembler, the disassembler, the compiler, the cycle/energy model, the
+ISS and the RTL; it imports nothing beyond the standard library.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Iterable, Sequence
 
 from .errors import LspError
@@ -28,7 +29,8 @@ __all__ = [
     "OPCODE_CUSTOM0", "OPCODE_LUI", "OPCODE_OPIMM", "Op", "OPS", "OPS_BY_NAME", "OPS_BY_FUNCT7",
     "Instr", "IllegalInstruction", "AsmError", "encode", "decode", "assemble", "disassemble",
     "format_instr", "li", "REG_NAMES", "reg_number", "COUNTERS", "COUNTER_IDS", "ERRORS",
-    "ERROR_CODES",
+    "ERROR_CODES", "ErrorCode", "OpKind", "DESC_WORDS", "DescField", "SWAP_X", "SWAP_W",
+    "SWAP_Y", "encode_descriptor", "decode_descriptor",
 ]
 
 OPCODE_CUSTOM0 = 0b0001011
@@ -71,15 +73,10 @@ class Op:
 
 
 OPS: tuple[Op, ...] = (
-    Op("lsp.dim_mn", 0x01, False, True, True, "M <- rs1 (tokens), N <- rs2 (input features)"),
-    Op("lsp.dim_k", 0x02, False, True, False, "K <- rs1 (output features)"),
-    Op("lsp.base_xw", 0x03, False, True, True, "XMEM base <- rs1, WMEM base <- rs2 (words)"),
-    Op("lsp.base_y", 0x04, False, True, False, "YMEM base <- rs1 (words)"),
-    Op("lsp.base_idx", 0x05, False, True, True,
-       "row-pointer base <- rs1, column-index base <- rs2 (IDX entries)"),
-    Op("lsp.nnz", 0x06, False, True, False, "number of kept blocks <- rs1"),
+    Op("lsp.tiles", 0x01, False, True, True,
+       "descriptor table <- rs1 (DRAM beat), tile count <- rs2"),
     Op("lsp.gemm", 0x10, False, False, False,
-       "run the block-sparse GEMM with the current configuration; returns when it is done"),
+       "run the tiles of the descriptor table; returns when they are done"),
     Op("lsp.fence", 0x11, False, False, False, "wait until the engine is idle"),
     Op("lsp.rdctr", 0x20, True, True, False, "rd <- performance counter number rs1"),
     Op("lsp.halt", 0x7F, False, False, False, "stop; status becomes DONE"),
@@ -87,25 +84,104 @@ OPS: tuple[Op, ...] = (
 OPS_BY_NAME = {op.mnemonic: op for op in OPS}
 OPS_BY_FUNCT7 = {op.funct7: op for op in OPS}
 
+
+class OpKind(IntEnum):
+    """What a decoded word is: the RTL decoder's ``kind`` output, numbered as here."""
+
+    LUI = 0
+    ADDI = 1
+    TILES = 2
+    GEMM = 3
+    FENCE = 4
+    RDCTR = 5
+    HALT = 6
+
+    @classmethod
+    def of(cls, mnemonic: str) -> "OpKind":
+        """The kind of ``lui``, ``addi`` or a custom-0 mnemonic (``lsp.gemm`` -> GEMM)."""
+        return cls[mnemonic.removeprefix("lsp.").upper()]
+
+
+class ErrorCode(IntEnum):
+    """Why a run stopped (the ``err_code`` port; ``docs/hw.md`` section 4)."""
+
+    NONE = 0
+    ILLEGAL_INSTRUCTION = 1
+    BAD_TILE = 2
+    INDEX = 3
+    PC_OVERFLOW = 4
+    DMA_RANGE = 5
+
+
 # Performance counters, in the order of their numbers (lsp.rdctr and the counter port).
 COUNTERS: tuple[str, ...] = (
-    "cycles",       # every cycle from start until halt or error (inclusive)
-    "busy",         # cycles spent inside lsp.gemm (its datapath active)
-    "compute",      # cycles in which the PE array multiplies a token row by a block
-    "stall",        # cycles the array waits for weights (first-block fill, BK > BM steps)
-    "macs",         # multiply-accumulates performed: compute x BK x BN
-    "insns",        # instructions retired
-    "imem_reads",   # instruction words fetched
-    "xmem_reads",   # activation words read (BN bytes each)
-    "wmem_reads",   # weight words read (one block row, BN bytes each)
-    "idx_reads",    # row-pointer and column-index entries read
-    "ymem_writes",  # output words written (BK int32 each)
+    "cycles",            # every cycle from start until halt or error (inclusive)
+    "busy",              # cycles spent inside lsp.gemm
+    "compute",           # cycles in which the PE array multiplies a token row by a block
+    "fill",              # cycles a tile waits for its first block
+    "dma_stall",         # phase cycles in which the DMA works after the compute is done
+    "macs",              # multiply-accumulates performed: compute x BK x BN
+    "insns",             # instructions retired
+    "imem_reads",        # instruction words fetched
+    "xmem_reads",        # activation words read by the array
+    "xmem_writes",       # activation words written by the DMA
+    "wmem_reads",        # weight words read into the weight buffer
+    "wmem_writes",       # weight words written by the DMA
+    "idx_reads",         # index entries read by the walker
+    "idx_writes",        # index entries written by the DMA
+    "ymem_reads",        # output words read (drains add into them; stores send them)
+    "ymem_writes",       # output words written (drains; stores clear them)
+    "dram_read_bytes",   # bytes read from DRAM (descriptors, X, W, index)
+    "dram_write_bytes",  # bytes written to DRAM (Y)
+    "dma_cycles",        # cycles the DMA works (latency included)
+    "tiles",             # tiles computed
 )
 COUNTER_IDS = {name: i for i, name in enumerate(COUNTERS)}
 
 # Error causes reported in the status register (0 = no error).
-ERRORS: tuple[str, ...] = ("none", "illegal_instruction", "bad_dims", "index", "pc_overflow")
-ERROR_CODES = {name: i for i, name in enumerate(ERRORS)}
+ERRORS: tuple[str, ...] = tuple(e.name.lower() for e in ErrorCode)
+ERROR_CODES = {e.name.lower(): int(e) for e in ErrorCode}
+
+
+# ---- tile descriptors (docs/hw.md section 5) --------------------------------------------------
+
+#: 32-bit words of one descriptor.
+DESC_WORDS = 16
+#: Flag bits of descriptor word 0.
+SWAP_X, SWAP_W, SWAP_Y = 1, 2, 4
+
+
+class DescField(IntEnum):
+    """Word number of each field of a tile descriptor."""
+
+    FLAGS = 0
+    TT = 1
+    KG = 2
+    NG = 3
+    R = 4
+    NNZ = 5
+    X = 6
+    IDX = 7
+    Y = 8
+    W = 9
+    WLEN = 10
+
+
+def encode_descriptor(**fields: int) -> list[int]:
+    """The 16 words of a descriptor; fields by :class:`DescField` name (lower case), others 0."""
+    words = [0] * DESC_WORDS
+    for name, value in fields.items():
+        v = int(value)
+        if not 0 <= v < (1 << 32):
+            raise ValueError(f"descriptor field {name} = {v} does not fit 32 bits")
+        words[DescField[name.upper()]] = v
+    return words
+
+
+def decode_descriptor(words: Sequence[int]) -> dict[str, int]:
+    """Field name (lower case) -> value of a descriptor's 16 words."""
+    return {f.name.lower(): int(words[f]) & 0xFFFFFFFF for f in DescField}
+
 
 _ABI = ("zero ra sp gp tp t0 t1 t2 s0 s1 a0 a1 a2 a3 a4 a5 a6 a7 "
         "s2 s3 s4 s5 s6 s7 s8 s9 s10 s11 t3 t4 t5 t6").split()

@@ -14,11 +14,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import HwConfig
+from .config import Engine, HwConfig
 from .cycle_model import ENERGY_COMPONENTS, LayerEstimate, energy_breakdown, estimate_layer, p_m_pj
 from .table import format_markdown, format_table
 
-__all__ = ["LayerReport", "ModelReport", "build_report", "measured_from_verify", "save_plots"]
+__all__ = ["LayerReport", "ModelReport", "build_report", "measured_from_verify", "save_plots",
+           "bound", "roofline_plot"]
+
+
+def bound(est: LayerEstimate) -> str:
+    """``compute``, or ``memory`` with the share of cycles the array waits for the DMA."""
+    c = est.counters
+    if "dma_stall" not in c:
+        return "-"
+    if not est.memory_bound:
+        return "compute"
+    return f"memory ({100 * c['dma_stall'] / max(est.cycles, 1):.0f}%)"
 
 
 @dataclass
@@ -81,6 +92,10 @@ class ModelReport:
             "total_blocks": int(sum(lr.pruned.total_blocks for lr in self.layers)),
             "energy_pj_by_component_dense": self.energy_by_component("dense"),
             "energy_pj_by_component_pruned": self.energy_by_component("pruned"),
+            "memory_bound_layers_dense": sum(lr.dense.memory_bound for lr in self.layers),
+            "memory_bound_layers_pruned": sum(lr.pruned.memory_bound for lr in self.layers),
+            "dram_bytes_dense": int(sum(lr.dense.dram_bytes for lr in self.layers)),
+            "dram_bytes_pruned": int(sum(lr.pruned.dram_bytes for lr in self.layers)),
         }
 
     # ---- rendering ----------------------------------------------------------------------------
@@ -94,23 +109,23 @@ class ModelReport:
                 row += [f"{p.kept_blocks}/{p.total_blocks}", f"{d.cycles:,}", f"{p.cycles:,}",
                         f"{lr.speedup:.2f}x", f"{p.time_us:.2f}", f"{d.energy_total_pj / 1e6:.3f}",
                         f"{p.energy_total_pj / 1e6:.3f}", f"{100 * lr.energy_saving:.1f}%",
-                        f"{100 * p.utilization:.1f}%"]
+                        f"{100 * p.utilization:.1f}%", bound(p)]
                 if any(x.measured for x in self.layers):
                     row.append(lr.source)
             else:
                 row += [f"{d.cycles:,}", f"{d.time_us:.2f}", f"{d.energy_total_pj / 1e6:.3f}",
-                        f"{d.power_mw:.1f}", f"{100 * d.utilization:.1f}%"]
+                        f"{d.power_mw:.1f}", f"{100 * d.utilization:.1f}%", bound(d)]
             rows.append(row)
         return rows
 
     def _header(self) -> list[str]:
         if self.pruned_given:
             h = ["layer", "MxN->K", "kept blocks", "cycles dense", "cycles pruned", "speedup",
-                 "time us", "energy uJ dense", "energy uJ pruned", "saving", "util"]
+                 "time us", "energy uJ dense", "energy uJ pruned", "saving", "util", "bound"]
             if any(x.measured for x in self.layers):
                 h.append("source")
             return h
-        return ["layer", "MxN->K", "cycles", "time us", "energy uJ", "power mW", "util"]
+        return ["layer", "MxN->K", "cycles", "time us", "energy uJ", "power mW", "util", "bound"]
 
     def _total_row(self) -> list[str]:
         t = self.totals
@@ -119,18 +134,19 @@ class ModelReport:
                    f"{t['cycles_dense']:,}", f"{t['cycles_pruned']:,}", f"{t['speedup']:.2f}x",
                    f"{t['time_us_pruned']:.2f}", f"{t['energy_uj_dense']:.3f}",
                    f"{t['energy_uj_pruned']:.3f}", f"{100 * t['energy_saving']:.1f}%",
-                   f"{100 * t['utilization_pruned']:.1f}%"]
+                   f"{100 * t['utilization_pruned']:.1f}%",
+                   f"{t['memory_bound_layers_pruned']} mem"]
             if any(x.measured for x in self.layers):
                 row.append("")
             return row
         return ["TOTAL", "", f"{t['cycles_dense']:,}", f"{t['time_us_dense']:.2f}",
                 f"{t['energy_uj_dense']:.3f}", f"{t['power_mw_dense']:.1f}",
-                f"{100 * t['utilization_dense']:.1f}%"]
+                f"{100 * t['utilization_dense']:.1f}%", f"{t['memory_bound_layers_dense']} mem"]
 
     def _title(self) -> str:
         c = self.cfg
         arr = f"{c.array_rows}x{c.array_cols} array" + (
-            f", {c.dataflow}" if c.engine == "systolic" else "")
+            f", {c.dataflow}" if c.engine is Engine.SYSTOLIC else "")
         return (f"{self.model} on {c.name} ({c.engine}, block {c.block_str}, BM={c.tile_m}, "
                 f"{arr}, {c.clock_mhz:g} MHz); p_m = {p_m_pj(c):.1f} pJ")
 
@@ -164,12 +180,15 @@ class ModelReport:
             [[comp, f"{ed[comp] / 1e6:.3f}", f"{ep[comp] / 1e6:.3f}",
               f"{100 * ep[comp] / tot:.1f}%"] for comp in ENERGY_COMPONENTS])
         out = [f"**{self._title()}**", "", table, "", "Energy by component (uJ):", "", energy]
+        out += ["", "bound: `memory` when the layer's DMA works longer than its array "
+                "(DRAM traffic sets its time; the share is the cycles the array waits for the "
+                "DMA), `compute` otherwise."]
         if self.area:
             out += ["", self._area_line().replace("engine area", "Engine area", 1) + "."]
         if any(lr.measured for lr in self.layers):
-            out += ["", "Layers marked RTL: cycles and every event count measured on the RTL "
-                    "simulator by `lsp-codesign verify`; energy = measured events x the "
-                    "config's energy per event (DRAM bytes are a model figure)."]
+            out += ["", "Layers marked RTL: cycles and every event count (DRAM bytes included) "
+                    "measured on the RTL simulator by `lsp-codesign verify`; energy = measured "
+                    "events x the config's energy per event."]
         return "\n".join(out) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +208,7 @@ class ModelReport:
 
 
 def _with_measured(cfg: HwConfig, est: LayerEstimate, counters: dict[str, int]) -> LayerEstimate:
-    """The estimate with its RTL counters replaced by measured ones (DRAM stays a model figure)."""
+    """The estimate with its counters replaced by the measured ones."""
     c = dict(est.counters)
     c.update({k: int(v) for k, v in counters.items() if k in c})
     e = energy_breakdown(cfg, c)
@@ -281,6 +300,8 @@ def save_plots(rep: ModelReport, out_dir: str | Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
+    paths.append(roofline_plot(rep, out / "roofline.png"))
+
     fig, ax = plt.subplots(figsize=(6, 4.5))
     kept = np.array([lr.pruned.effective_macs / lr.dense.effective_macs for lr in rep.layers])
     ax.scatter(kept, [lr.speedup for lr in rep.layers], c=colors, s=18)
@@ -298,3 +319,47 @@ def save_plots(rep: ModelReport, out_dir: str | Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def roofline_plot(rep: ModelReport, path: str | Path) -> Path:
+    """Achieved useful MACs per cycle against arithmetic intensity (useful MACs per DRAM byte),
+    one point per layer, dense and pruned, under the config's two ceilings: the array's
+    BK x BN MACs per cycle and the DRAM's bytes per cycle x intensity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = rep.cfg
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pts = {}
+    for which, colour in (("dense", "lightgrey"), ("pruned", "tab:blue")):
+        ests = [getattr(lr, which) for lr in rep.layers if getattr(lr, which).dram_bytes]
+        ai = np.array([e.intensity for e in ests])
+        perf = np.array([e.effective_macs / max(e.cycles, 1) for e in ests])
+        pts[which] = (ai, perf)
+        if which == "pruned" and not rep.pruned_given:
+            continue
+        mem = [e.memory_bound for e in ests]
+        ax.scatter(ai, perf, s=18, c=colour, edgecolors=["tab:red" if b else "none" for b in mem],
+                   label=f"{which} layers" + (" (red edge: memory-bound)" if any(mem) else ""))
+    peak = cfg.array_rows * cfg.array_cols
+    lo = min(float(a.min()) for a, _ in pts.values() if len(a)) / 2 if rep.layers else 0.1
+    hi = max(float(a.max()) for a, _ in pts.values() if len(a)) * 2 if rep.layers else 100.0
+    xs = np.geomspace(max(lo, 1e-3), max(hi, 1.0), 200)
+    ax.plot(xs, np.full_like(xs, peak), "k-", lw=1, label=f"array: {peak} MACs/cycle")
+    if cfg.dram is not None:
+        bw = cfg.dram.bytes_per_cycle
+        ax.plot(xs, bw * xs, "k--", lw=1, label=f"DRAM: {bw} B/cycle x intensity")
+        ax.axvline(peak / bw, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (useful MACs per DRAM byte)")
+    ax.set_ylabel("achieved useful MACs per cycle")
+    ax.set_title(f"roofline: {rep.model} on {cfg.name} (block {cfg.block_str})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

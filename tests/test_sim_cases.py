@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsp_codesign.compiler import pack_words
+from lsp_codesign.compiler import encode_y
 from lsp_codesign.config import load_config
 from lsp_codesign.isa import COUNTERS, ERROR_CODES
+from lsp_codesign.iss import Memories, run_iss
 from sim import make_sim
 from sim.cases import (CaseReport, check_error, check_layer, error_cases, format_table,
                        layer_cases)
@@ -24,11 +25,8 @@ VITA = Path(__file__).resolve().parent.parent / "configs" / "vita.yaml"
 
 
 def perfect_result(cfg, case, prog) -> RtlResult:
-    """What a correct engine returns: numpy's Y packed as YMEM words, the model's counters."""
-    y = np.zeros((prog.mt * cfg.tile_m, prog.packed.grid.kb * cfg.block_k), dtype=np.int64)
-    m, _, k = case.shape
-    y[:m, :k] = case.expected_y(cfg)
-    words = pack_words(y.reshape(-1, cfg.block_k), 32)
+    """What a correct engine returns: numpy's Y as the DRAM's Y area, the model's counters."""
+    words = encode_y(cfg, prog, case.expected_y(cfg))
     est = case.estimate(cfg)
     counters = {c: est.counters[c] for c in COUNTERS}
     return RtlResult(words, counters, False, 0, 0.1, sim_cycles=counters["cycles"])
@@ -50,6 +48,13 @@ def test_layer_cases_cover_the_issue_list():
             assert c.x is cases[c.twin].x
     m, n, k = prc.shape
     assert m % cfg.tile_m and n % cfg.block_n and k % cfg.block_k     # ragged edges
+    from tests.conftest import tiny_config
+    tiny = tiny_config()
+    big = {c.name: c for c in layer_cases(tiny, oversize=(4, 16))}
+    bank = tiny.memories["xmem"].depth * tiny.memories["xmem"].word_bytes
+    for factor in (4, 16):
+        m, n, k = big[f"tiled-{factor}x"].shape
+        assert m * n >= factor * bank and n * k >= factor * bank
 
 
 def test_checks_accept_a_correct_result_and_catch_every_kind_of_mismatch():
@@ -58,39 +63,51 @@ def test_checks_accept_a_correct_result_and_catch_every_kind_of_mismatch():
     prog = case.program(cfg)
     good = perfect_result(cfg, case, prog)
     assert check_layer(cfg, case, prog, good).ok
-    flipped = list(good.y_words)
-    flipped[0] ^= 1 << 40                       # one bit of element 1 of token 0
-    bad_y = dataclasses.replace(good, y_words=flipped)
-    assert any(p.startswith("Y: 1 of") for p in check_layer(cfg, case, prog, bad_y).problems)
-    bad_c = dataclasses.replace(good, counters={**good.counters, "stall": 1})
-    assert any("stall RTL 1 != expected" in p
-               for p in check_layer(cfg, case, prog, bad_c).problems)
+    y = case.expected_y(cfg).copy()
+    y[-1, -1] ^= 1                              # one bit of the last real element
+    bad_y = dataclasses.replace(good, y_words=encode_y(cfg, prog, y))
+    m, _, k = case.shape
+    assert any(f"Y[{m - 1}, {k - 1}]" in p and "1 of" in p
+               for p in check_layer(cfg, case, prog, bad_y).problems)
+    bad_c = dataclasses.replace(good, counters={**good.counters, "fill": 1})
+    assert any("fill: RTL 1, model" in p for p in check_layer(cfg, case, prog, bad_c).problems)
     bad_e = dataclasses.replace(good, error=True, err_code=3)
-    assert "stopped with error code 3" in check_layer(cfg, case, prog, bad_e).problems
+    assert "engine stopped with error index (code 3)" in \
+        check_layer(cfg, case, prog, bad_e).problems
     bad_t = dataclasses.replace(good, sim_cycles=good.sim_cycles + 1)
     assert not check_layer(cfg, case, prog, bad_t).ok
 
 
-def test_error_cases_expect_what_the_spec_says():
+def test_error_cases_end_as_their_names_say_on_the_iss():
     cfg = load_config(VITA, block="16x16")
     cases = {c.name: c for c in error_cases(cfg)}
-    assert cases["illegal-funct7"].err_code == ERROR_CODES["illegal_instruction"]
-    assert cases["illegal-funct7"].counters["insns"] == 4
-    assert cases["illegal-funct7"].counters["cycles"] == 10
-    assert cases["bad-dims-k0"].err_code == ERROR_CODES["bad_dims"]
-    assert cases["bad-dims-k0"].counters["busy"] == 0
-    assert cases["pc-overflow"].counters["cycles"] == 2 * cfg.memories["imem"].depth + 1
-    assert cases["rdctr"].err_code == 0 and cases["rdctr"].regs[15] == 0
+    expect = {"illegal-funct7": "illegal_instruction", "bad-tile-tt0": "bad_tile",
+              "bad-tile-nnz": "bad_tile", "dma-x-outside-dram": "dma_range",
+              "dma-w-longer-than-bank": "dma_range", "dma-descriptor-outside-dram": "dma_range",
+              "index-row-ptr-decreases": "index", "index-column-past-ng": "index",
+              "pc-overflow": "pc_overflow", "rdctr": "none"}
+    for name, err in expect.items():
+        assert cases[name].err_code == ERROR_CODES[err], name
+        assert run_iss(cfg, Memories.from_program(cases[name].program)).err_code == \
+            ERROR_CODES[err], name
+    # the later-tile errors are found while an earlier tile computes
+    late = run_iss(cfg, Memories.from_program(cases["bad-tile-nnz"].program))
+    assert late.counters["tiles"] >= 1 and late.counters["compute"] > 0
     c = cases["illegal-opcode"]
-    res = RtlResult([0] * c.program.y_words, dict(c.counters), True, 1, 0.0)
+    iss = run_iss(cfg, Memories.from_program(c.program))
+    res = RtlResult([0] * c.program.y_words, dict(iss.counters), True, 1, 0.0, regs=iss.regs)
     assert check_error(cfg, c, res).ok
     wrong = dataclasses.replace(res, err_code=2)
-    assert "ended with error=1 code 2, expected error=1 code 1" in \
+    assert "ended with error=1 code 2, the ISS with error=1 code 1" in \
         check_error(cfg, c, wrong).problems
+    off = dataclasses.replace(res, counters={**res.counters, "cycles": 11})
+    assert any("cycles RTL 11 != ISS 10" in p for p in check_error(cfg, c, off).problems)
     rd = cases["rdctr"]
-    res = RtlResult([0] * rd.program.y_words, dict(rd.counters), False, 0, 0.0,
+    iss = run_iss(cfg, Memories.from_program(rd.program))
+    res = RtlResult([0] * rd.program.y_words, dict(iss.counters), False, 0, 0.0,
                     regs=[0] * 32)
-    assert any(p.startswith("x13 = 0, expected") for p in check_error(cfg, rd, res).problems)
+    assert any(p.startswith("registers: ") and "x13 RTL 0 ISS" in p
+               for p in check_error(cfg, rd, res).problems)
 
 
 def test_format_table_has_one_row_per_case():
@@ -129,30 +146,35 @@ def test_run_programs_input_errors(monkeypatch, tmp_path):
     with pytest.raises(SimulatorNotFound, match=r"^verilator: verilator, make, g\+\+ not found"):
         run_programs(cfg, [prog], sim="verilator")
     monkeypatch.undo()
-    depth = cfg.memories["xmem"].depth
-    bad = dataclasses.replace(prog, xmem={depth: 1})
-    with pytest.raises(ProgramError, match=rf"XMEM address {depth} is outside 0..{depth - 1}"):
+    depth = cfg.dram.depth
+    bad = dataclasses.replace(prog, dram={depth: 1})
+    with pytest.raises(ProgramError, match=rf"DRAM address {depth} is outside 0..{depth - 1}"):
         run_programs(cfg, [bad], sim="icarus")
-    bad = dataclasses.replace(prog, idx={0: 1 << 16})
-    with pytest.raises(ProgramError, match=r"IDX\[0\] = 65536 is not an unsigned 16-bit word"):
+    bad = dataclasses.replace(prog, dram={0: 1 << 256})
+    with pytest.raises(ProgramError, match=r"DRAM\[0\] = \d+ is not an unsigned 256-bit word"):
         run_programs(cfg, [bad], sim="icarus")
     with pytest.raises(ProgramError, match="watchdog_cycles must be a positive integer"):
         run_programs(cfg, [prog], sim="icarus", watchdog_cycles=0)
     assert run_programs(cfg, [], sim="icarus") == []
 
 
-def test_testbench_wrapper_exposes_the_engine_and_the_backdoor():
-    cfg = load_config(VITA, block="16x32")
-    params = {"top": "lsp_engine", "config_hash": cfg.config_hash(),
-              "host": {"addr_bits": 14, "word_bits": 512},
-              "derived": json.loads(json.dumps(cfg.derived())),
-              "sram_arrays": {n: f"{n}.mem" for n in ("imem", "xmem", "wmem", "idx", "ymem")}}
+def test_testbench_wrapper_exposes_the_engine_the_dram_and_the_backdoor(tmp_path):
+    from hw.build import build_verilog
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    params = build_verilog(cfg, build_root=tmp_path).load_params()
     text = harness.testbench_verilog(params)
     assert "module lsp_tb (" in text and "lsp_engine dut (" in text
-    assert "input  wire [511:0]   host_wdata" in text
-    for i, n in enumerate(("imem", "xmem", "wmem", "idx", "ymem")):
-        assert f'if (tb_load[{i}]) $readmemh("lsp_load_{n}.hex", dut.{n}.mem);' in text
-    assert '$writememh("lsp_dump_ymem.hex", dut.ymem.mem, tb_dump_lo, tb_dump_hi)' in text
+    assert f"lsp_sram #(.WIDTH({cfg.dram.beat_bits}), .DEPTH({cfg.dram.depth})" in text
+    assert '$readmemh("lsp_load_imem.hex", dut.imem.mem)' in text
+    assert '$readmemh("lsp_load_dram.hex", dram.mem)' in text
+    assert '$writememh("lsp_dump_dram.hex", dram.mem, tb_dump_lo, tb_dump_hi)' in text
+    for bank in ("xmem_b0", "ymem_b1"):                       # tb_clear zeroes every bank
+        assert f"dut.{bank}.mem[i] = 0;" in text
+    # only the ports are VPI-visible: the engine's logic is not re-evaluated per VPI call
+    assert text.count("/*verilator public_flat_rw*/") == 23
+    assert "start_q <= start;" in text and ".start(start_q)" in text
 
 
 def test_make_sim_exits_1_and_names_the_mismatch(monkeypatch, capsys):

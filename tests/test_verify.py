@@ -63,6 +63,17 @@ def test_quantisation_scheme():
     assert np.abs(y - x @ w.T).max() < 0.05 * np.abs(x @ w.T).max()
 
 
+def test_quantisation_rounds_ties_to_even():
+    """Values exactly halfway between two integers (after scaling) round to the even one, as
+    numpy's rint does; a round-half-away-from-zero rule would give 1, 3, -1, -3 here."""
+    x = np.array([[127.0, 0.5, 2.5, -0.5, -2.5, 1.5]])       # max 127: scale exactly 1
+    xq, s = quantize_activations(x)
+    assert s == 1.0 and xq.tolist() == [[127, 0, 2, 0, -2, 2]]
+    w = np.array([[254.0, 1.0, 5.0, -3.0], [0.0, 0.0, 0.0, 0.0]])  # row 0: scale exactly 2
+    wq, ws = quantize_weights(w)
+    assert ws.tolist() == [2.0, 1.0] and wq.tolist() == [[127, 0, 2, -2], [0, 0, 0, 0]]
+
+
 def test_verify_on_the_iss_passes_and_writes_json(tmp_path, capsys):
     rd = make_run(tmp_path / "run")
     assert main(["verify", str(rd), "--sim", "iss"]) == 0
@@ -93,7 +104,31 @@ def test_mismatches_are_caught_and_named(tmp_path):
     assert set(bad) == {"blocks.0.attn.qkv", "blocks.0.mlp.fc1"}
     assert bad["blocks.0.attn.qkv"].first_diff.startswith(
         "first differing element Y[0, 0] (token tile 0, block row 0)")
-    assert bad["blocks.0.mlp.fc1"].counter_diffs[0].startswith("wmem_reads: RTL")
+    assert bad["blocks.0.mlp.fc1"].counter_diffs[0].startswith("wmem_reads: ISS")
+
+
+def test_a_mismatch_in_a_late_row_is_caught(tmp_path):
+    """Corrupt only the last token row of one layer's result: the whole Y is compared."""
+    from lsp_codesign.compiler import encode_y, read_y
+
+    rd = make_run(tmp_path / "run")
+    seen = {}
+
+    def late_row_runner(cfg, programs, progress=False):
+        res = iss_runner(cfg, programs)
+        prog = programs[1]
+        y = read_y(cfg, prog, res[1].y_words)
+        y[-1, -1] += 1                             # the last token, the last output feature
+        seen["name"], seen["shape"] = prog.extra["name"], y.shape
+        res[1] = replace(res[1], y_words=encode_y(cfg, prog, y))
+        return res
+
+    res = verify_run(rd, sim="iss", runner=late_row_runner, progress=False)
+    bad = [lc for lc in res.layers if not lc.ok]
+    assert [lc.name for lc in bad] == [seen["name"]]
+    m, k = seen["shape"]
+    assert bad[0].first_diff.startswith(f"first differing element Y[{m - 1}, {k - 1}]")
+    assert "ISS" in bad[0].first_diff and "1 of" in bad[0].first_diff
 
 
 def test_cli_exit_status_on_mismatch(tmp_path, monkeypatch, capsys):

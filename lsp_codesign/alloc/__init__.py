@@ -25,6 +25,7 @@ torch is imported inside the functions that need it; the numerics are numpy.
 
 from .pipeline import allocate, allocate_from_calibration
 from .calibration import Calibration, LayerStats, calibrate
+from .distributed import DistributedError, Group, Shard
 from .curves import LayerCurve, block_scores, layer_curve
 from .layers import check_reachable, select_layers
 from .numerics import (block_reduce, distortion_curve, ema_smooth, fd_weights,
@@ -44,5 +45,5 @@ __all__ = [
     "check_reachable", "check_flops_target", "check_options", "LayerStats", "Calibration",
     "calibrate", "LayerCurve", "layer_curve", "block_scores", "eq14_beta", "method_thresholds",
     "search_allocation", "LayerResult", "Allocation", "allocate", "allocate_from_calibration",
-    "summary_by_kind",
+    "summary_by_kind", "Group", "Shard", "DistributedError",
 ]

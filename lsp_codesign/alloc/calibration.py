@@ -36,6 +36,7 @@ import numpy as np
 from ..flops import ModelCount, count_model
 from ..packing import BlockGrid
 from ..vit_shapes import GemmShape
+from .distributed import Shard, check_plan, gather_collectors, run_shard
 from .layers import select_layers
 from .options import (DEFAULT_CHUNK_MIB, DEFAULT_MICRO_BATCH, AllocError, Curvature,
                       CurvatureOptions)
@@ -248,6 +249,26 @@ def _seeds(logits: Any, y: Any, opts: CurvatureOptions, gen: Any) -> list[tuple[
     return out
 
 
+def _replay_draws(opts: CurvatureOptions, sizes: list[int], classes: int, gen: Any) -> None:
+    """Advance ``gen`` exactly as :func:`_seeds` does over micro-batches of ``sizes`` images.
+
+    A rank of a sharded pass calls it before its first micro-batch, so that its images get
+    the seeds they get in a single process. Only the shapes of the draws matter (the
+    generator's consumption does not depend on the probabilities ``fisher`` samples from).
+    """
+    import torch
+
+    if opts.curvature is Curvature.EMPIRICAL:
+        return
+    for b in sizes:
+        for _ in range(opts.samples):
+            if opts.curvature is Curvature.FISHER:
+                p = torch.full((b, classes), 1.0 / classes, dtype=torch.float64)
+                torch.multinomial(p, 1, generator=gen)
+            else:
+                torch.randn((b, classes), generator=gen, dtype=torch.float64)
+
+
 def _labels_of(logits: Any, labels: Any, lo: int, b: int) -> Any:
     """The loss's labels for rows ``lo .. lo + b`` (the model's prediction without labels)."""
     import torch
@@ -265,7 +286,7 @@ def calibrate(model: Any, loader: Iterable[Any], *, block_k: int, block_n: int,
               options: CurvatureOptions | None = None, exclude: Iterable[str] = (),
               micro_batch: int = DEFAULT_MICRO_BATCH, chunk_mib: float = DEFAULT_CHUNK_MIB,
               seed: int = 0, progress: bool = True, total: int | None = None,
-              model_name: str = "") -> Calibration:
+              model_name: str = "", shard: Shard | None = None) -> Calibration | None:
     """One pass over the calibration images, collecting per-layer statistics.
 
     Parameters
@@ -297,15 +318,21 @@ def calibrate(model: Any, loader: Iterable[Any], *, block_k: int, block_n: int,
         Expected number of images, for the progress bar.
     model_name : str
         Recorded in the result.
+    shard : Shard, optional
+        This rank's part of a set sharded over a torch.distributed job (:mod:`.distributed`):
+        ``loader`` yields the shard's images only; rank 0 receives every rank's statistics.
 
     Returns
     -------
-    Calibration
+    Calibration or None
+        ``None`` on the ranks other than 0 of a sharded pass.
 
     Raises
     ------
     AllocError
         The loader yields no images, labels are out of range, or gradients are not finite.
+    DistributedError
+        The ranks of a sharded pass would calibrate different things, or one of them failed.
     """
     opts = options if options is not None else CurvatureOptions.resolve()
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
@@ -317,9 +344,15 @@ def calibrate(model: Any, loader: Iterable[Any], *, block_k: int, block_n: int,
     chunk_bytes = int(chunk_mib * 2 ** 20)
     cols = {g.name: _Collector(g, modules[g.name], block_k, block_n, chunk_bytes, clock, phase,
                                ws) for g in prunable}
+    if shard is not None:
+        check_plan(shard, model, model_name, opts.record(), (block_k, block_n), exclude,
+                   micro_batch, seed)
     t_start = time.perf_counter()
-    n_seen, label_src = _run_pass(model, loader, cols, opts, phase, micro_batch, seed,
-                                  progress, total)
+    counts = _sharded_pass(shard, model, loader, cols, opts, phase, micro_batch, seed,
+                           progress, total)
+    if counts is None:
+        return None
+    n_seen, label_src = counts
     elapsed = time.perf_counter() - t_start
     if n_seen == 0:
         raise AllocError("calibration set is empty: the loader yielded no images")
@@ -333,9 +366,11 @@ def calibrate(model: Any, loader: Iterable[Any], *, block_k: int, block_n: int,
 
 def _run_pass(model: Any, loader: Iterable[Any], cols: dict[str, _Collector],
               opts: CurvatureOptions, phase: list[str], micro_batch: int, seed: int,
-              progress: bool, total: int | None) -> tuple[int, str]:
+              progress: bool, total: int | None,
+              replay: list[int] | None = None) -> tuple[int, int, int]:
     """Forward + backward(s) over every micro-batch with the hooks in place; the model is
-    restored afterwards. Returns the images seen and where the loss's labels came from."""
+    restored afterwards. ``replay``: sizes of earlier micro-batches (another rank's) whose
+    seed draws come first. Returns the images seen, with labels and without."""
     import torch
     from tqdm.auto import tqdm
 
@@ -370,6 +405,9 @@ def _run_pass(model: Any, loader: Iterable[Any], cols: dict[str, _Collector],
                     # labels are checked whenever the loader gives them, used when needed
                     y = (_labels_of(logits, labels, lo, x.shape[0])
                          if uses_labels or labels is not None else None)
+                    if replay:
+                        _replay_draws(opts, replay, int(logits.shape[1]), gen)
+                        replay = None
                     seeds = _seeds(logits, y, opts, gen)
                     for i, (s, what) in enumerate(seeds):
                         phase[0] = what
@@ -385,10 +423,32 @@ def _run_pass(model: Any, loader: Iterable[Any], cols: dict[str, _Collector],
         for p, f in zip(params, flags):
             p.requires_grad_(f)
         model.train(was_training)
-    if not uses_labels:
-        return n_seen, "unused"
-    return n_seen, ("dataset" if without_labels == 0 else
-                    "model" if with_labels == 0 else "mixed")
+    return n_seen, with_labels, without_labels
+
+
+def _label_source(opts: CurvatureOptions, with_labels: int, without_labels: int) -> str:
+    """Where the loss's labels came from: ``dataset``, ``model``, ``mixed`` or ``unused``."""
+    if not (opts.curvature is Curvature.EMPIRICAL or opts.needs_gradient):
+        return "unused"
+    return ("dataset" if without_labels == 0 else
+            "model" if with_labels == 0 else "mixed")
+
+
+def _sharded_pass(shard: Shard | None, model: Any, loader: Iterable[Any],
+                  cols: dict[str, _Collector], opts: CurvatureOptions, phase: list[str],
+                  micro_batch: int, seed: int, progress: bool,
+                  total: int | None) -> tuple[int, str] | None:
+    """The pass (this rank's part of it, when sharded); returns ``(images, label source)``,
+    or ``None`` on the ranks other than 0 (rank 0's collectors receive every rank's sums)."""
+    if shard is None:
+        n, with_l, without_l = _run_pass(model, loader, cols, opts, phase, micro_batch, seed,
+                                         progress, total)
+        return n, _label_source(opts, with_l, without_l)
+    n, with_l, without_l = run_shard(shard, lambda: _run_pass(
+        model, loader, cols, opts, phase, micro_batch, seed, progress and shard.rank == 0,
+        shard.count, replay=shard.preceding()))
+    gather_collectors(shard, cols.values())
+    return None if shard.rank else (n, _label_source(opts, with_l, without_l))
 
 
 def _layer_stats(c: _Collector, n_seen: int, opts: CurvatureOptions) -> LayerStats:

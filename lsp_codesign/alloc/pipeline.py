@@ -14,6 +14,7 @@ from ..flops import ModelCount, count_model
 from ..masks_io import MaskSet
 from ..packing import BlockGrid
 from .calibration import Calibration, calibrate
+from .distributed import Shard
 from .curves import LayerCurve, layer_curve
 from .layers import check_reachable, select_layers
 from .options import (DEFAULT_CHUNK_MIB, DEFAULT_KAPPA, DEFAULT_MICRO_BATCH, DEFAULT_SMOOTH,
@@ -120,7 +121,8 @@ def allocate(model: Any, cfg: HwConfig, loader: Iterable[Any], *, flops_target: 
              kappa: float = DEFAULT_KAPPA, smooth: float = DEFAULT_SMOOTH,
              options: CurvatureOptions | None = None, micro_batch: int = DEFAULT_MICRO_BATCH,
              chunk_mib: float = DEFAULT_CHUNK_MIB, seed: int = 0, progress: bool = True,
-             total: int | None = None, model_name: str = "") -> Allocation:
+             total: int | None = None, model_name: str = "",
+             shard: Shard | None = None) -> Allocation | None:
     """Choose per-layer block sparsity for a ViT with the LSP method (or a baseline).
 
     Parameters
@@ -156,12 +158,15 @@ def allocate(model: Any, cfg: HwConfig, loader: Iterable[Any], *, flops_target: 
         Number of calibration images, for the progress bar.
     model_name : str
         Recorded in the result and the masks.
+    shard : Shard, optional
+        This rank's part of a calibration sharded over a torch.distributed job
+        (:func:`~lsp_codesign.alloc.calibration.calibrate`); rank 0 gets the allocation.
 
     Returns
     -------
-    Allocation
+    Allocation or None
         ``.masks`` (a :class:`~lsp_codesign.masks_io.MaskSet`), ``.ratios``, ``.beta``,
-        ``.lam``, per-layer results and curves.
+        ``.lam``, per-layer results and curves; ``None`` on the ranks other than 0.
 
     Raises
     ------
@@ -178,6 +183,8 @@ def allocate(model: Any, cfg: HwConfig, loader: Iterable[Any], *, flops_target: 
     check_reachable(count, prunable, r)
     calib = calibrate(model, loader, block_k=cfg.block_k, block_n=cfg.block_n, options=options,
                       exclude=exclude, micro_batch=micro_batch, chunk_mib=chunk_mib, seed=seed,
-                      progress=progress, total=total, model_name=model_name)
+                      progress=progress, total=total, model_name=model_name, shard=shard)
+    if calib is None:
+        return None
     return allocate_from_calibration(calib, cfg, flops_target=r, method=m, kappa=kappa,
                                      smooth=smooth)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..cycle_model import estimate_layer, p_m_pj
+from ..config import Engine
+from ..cycle_model import CounterOverflowWarning, estimate_layer, p_m_pj
 from ..errors import LspError
+from ..report import bound
 from ..table import format_markdown, to_json
 from ._common import add_format_arg, add_hw_args, hw_from_args
 
@@ -100,8 +103,12 @@ def run(args: argparse.Namespace) -> int:
     mask, ms = load_mask_arg(args.mask, args.layer) if args.mask else (None, None)
     if ms is not None:
         _check_mask_file(ms, args.layer, cfg, n, k, args.mask)
-    est = estimate_layer(cfg, m, n, k, mask, name="gemm")
-    dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
+    with warnings.catch_warnings():          # said once below, as a line of its own
+        warnings.simplefilter("ignore", CounterOverflowWarning)
+        est = estimate_layer(cfg, m, n, k, mask, name="gemm")
+        dense = estimate_layer(cfg, m, n, k, None, name="gemm") if mask is not None else est
+    for line in est.warnings:
+        print(f"lsp-codesign estimate: warning: {line}", file=sys.stderr)
     if args.format == "json":
         out = {"config": cfg.to_dict(), "p_m_pj": p_m_pj(cfg), "estimate": est.to_dict()}
         if mask is not None:
@@ -119,7 +126,7 @@ def _title(cfg: Any) -> str:
     c = cfg
     return (f"{c.name}: {c.engine}, block {c.block_str}, BM={c.tile_m}, "
             f"array {c.array_rows}x{c.array_cols}"
-            + (f", dataflow {c.dataflow}" if c.engine == "systolic" else "")
+            + (f", dataflow {c.dataflow}" if c.engine is Engine.SYSTOLIC else "")
             + f", {c.clock_mhz:g} MHz")
 
 
@@ -131,7 +138,13 @@ def _text(cfg: Any, m: int, n: int, k: int, est: Any, dense: Any) -> str:
                      f"{dense.cycles / max(est.cycles, 1):.2f}x")
     lines += [f"  energy        {est.energy_total_pj / 1e6:.4f} uJ   power {est.power_mw:.1f} mW"
               f"   utilisation {100 * est.utilization:.1f}%",
-              f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)", "  counters:"]
+              f"  p_m           {p_m_pj(cfg):.1f} pJ (one within-block matmul)"]
+    if "dma_cycles" in est.counters:
+        c = est.counters
+        lines.append(f"  bound         {bound(est)}: DMA {c['dma_cycles']:,} cycles, array "
+                     f"{c['compute'] + c['fill']:,}; DRAM {est.dram_bytes:,} bytes, "
+                     f"{est.intensity:.1f} useful MACs per byte")
+    lines.append("  counters:")
     lines += [f"    {key:<12} {v:,}" for key, v in est.counters.items()]
     lines.append("  energy by component (pJ):")
     lines += [f"    {key:<12} {v:,.1f}" for key, v in est.energy_pj.items() if v]
@@ -148,6 +161,9 @@ def _markdown(cfg: Any, m: int, n: int, k: int, est: Any, dense: Any) -> str:
              ["power mW", f"{est.power_mw:.1f}"],
              ["utilisation", f"{100 * est.utilization:.1f}%"],
              ["p_m pJ", f"{p_m_pj(cfg):.1f}"]]
+    if "dma_cycles" in est.counters:
+        rows += [["bound", bound(est)], ["DRAM bytes", f"{est.dram_bytes:,}"],
+                 ["useful MACs per byte", f"{est.intensity:.1f}"]]
     rows += [[f"counter {key}", f"{v:,}"] for key, v in est.counters.items()]
     rows += [[f"energy pJ {key}", f"{v:,.1f}"] for key, v in est.energy_pj.items() if v]
     return (f"**{_title(cfg)}; GEMM M={m} N={n} K={k}**\n\n"

@@ -14,18 +14,20 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import HwConfig, load_config
+from ..config import Engine, HwConfig, load_config
 from ..errors import LspError
 from ..rundir import HW_YAML, Run, finetuned_weights, write_verify
 from ..verify import (SIMS, Runner, VerifyMismatch, VerifyResult, iss_runner, sample_layers,
                       verify_layers)
 from ..table import to_json
+from ._alloc_args import positive_int
 from ._common import add_format_arg
 from ._runs import note_hw_override, pruned_model, read_model_run
 
 ORDER = 60
 
-__all__ = ["register", "run", "verify_run", "rtl_runner", "capture_inputs"]
+__all__ = ["register", "run", "verify_run", "rtl_runner", "capture_inputs", "parallel_runner",
+           "run_chunk"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,8 +53,56 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run only this layer (with its dense twin unless --no-dense) and record "
                         "a waveform of it: FST on icarus, VCD on verilator, in "
                         "build/<config-hash>/waves/; verify.json is not written")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="run the layers' programs in a local process pool (with --workers > 1)"
+                        " or as Ray tasks (default local)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="programs in N groups at once (default 1 local; all CPUs of a local "
+                        "Ray instance)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --backend ray: join this Ray cluster (HOST:PORT, ray://HOST:10001"
+                        " or auto) instead of starting a local instance")
     add_format_arg(p)
     p.set_defaults(func=run)
+
+
+def run_chunk(sim: str, cfg: dict, programs: Sequence) -> list:
+    """One group of programs on ``sim`` (a task of :func:`parallel_runner`)."""
+    hw = HwConfig.from_dict(cfg, source="verify task")
+    return (iss_runner if sim == "iss" else rtl_runner(sim))(hw, list(programs))
+
+
+def _cost(prog) -> int:
+    """Relative simulation work of a program: weight words loaded times token tiles."""
+    return (len(prog.wmem) + len(prog.words)) * max(1, getattr(prog, "mt", 1))
+
+
+def parallel_runner(sim: str, executor) -> Runner:
+    """A runner that deals the programs out to ``executor``'s workers (balanced by
+    :func:`_cost`) and returns the results in program order."""
+    def run_par(cfg: HwConfig, programs: Sequence, progress: bool = False) -> list:
+        from tqdm.auto import tqdm
+
+        n = max(1, min(executor.workers, len(programs)))
+        groups: list[list[int]] = [[] for _ in range(n)]
+        load = [0] * n
+        for i in sorted(range(len(programs)), key=lambda j: -_cost(programs[j])):
+            g = load.index(min(load))
+            groups[g].append(i)
+            load[g] += _cost(programs[i])
+        tokens = {executor.submit(run_chunk, sim, cfg.to_dict(), [programs[i] for i in grp]):
+                  grp for grp in groups if grp}
+        out: list = [None] * len(programs)
+        with tqdm(total=len(programs), unit="prog", desc=f"verify ({executor.name})",
+                  disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            while tokens:
+                tok, _seconds, res = executor.next_done()
+                grp = tokens.pop(tok)
+                for i, r in zip(grp, res):
+                    out[i] = r
+                bar.update(len(grp))
+        return out
+    return run_par
 
 
 def rtl_runner(sim: str, waves: Path | None = None) -> Runner:
@@ -119,7 +169,7 @@ def _verify(run: Run, sim: str, layers: str | list[str], dense: bool, progress: 
     """The checks of :func:`verify_run`; also returns the finetuned weights used, if any.
     ``layers`` is ``all``, a number to sample, or a list of layer names."""
     cfg = run.hw
-    if cfg.engine != "block_sparse":
+    if cfg.engine is not Engine.BLOCK_SPARSE:
         raise LspError(f"{cfg.source or run.file(HW_YAML)}: a {cfg.engine} config; only the "
                        "block_sparse engine has RTL to verify against")
     names = list(layers) if isinstance(layers, list) else \
@@ -136,7 +186,8 @@ def _verify(run: Run, sim: str, layers: str | list[str], dense: bool, progress: 
     w = {name: mods[name].weight.detach().double().numpy() for name in names}
     checks = verify_layers(cfg, run.masks, names, inputs, w,
                            runner=runner or (iss_runner if sim == "iss" else rtl_runner(sim)),
-                           dense=dense, progress=progress, where=cfg.source)
+                           dense=dense, progress=progress, where=cfg.source,
+                           who="ISS" if sim == "iss" else "RTL")
     return VerifyResult(run_dir=str(run.path), sim=sim, config=cfg.to_dict(), layers=checks,
                         wall_s=time.perf_counter() - t0), weights
 
@@ -144,9 +195,14 @@ def _verify(run: Run, sim: str, layers: str | list[str], dense: bool, progress: 
 def run(args: argparse.Namespace) -> int:
     if args.sim not in SIMS:
         raise LspError(f"--sim: expected one of {', '.join(SIMS)}, got {args.sim!r}")
+    if args.address is not None and args.backend != "ray":
+        raise LspError("--address names a Ray cluster; it needs --backend ray")
     run = read_model_run(args.run_dir, hw=load_config(args.hw) if args.hw else None)
     note_hw_override("verify", run)
     if args.waves is not None:
+        if args.backend != "local" or (args.workers or 1) > 1:
+            raise LspError("--waves records one layer in one simulator; it takes neither "
+                           "--backend ray nor --workers")
         names, waves = _wave_layer(run, args.waves, args.sim)
         res, _w = _verify(run, args.sim, names, not args.no_dense, True,
                           rtl_runner(args.sim, waves))
@@ -156,13 +212,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"waves: {waves} (open with gtkwave or surfer; docs/rtl.md); verify.json not "
               "written for a --waves run", file=sys.stderr if args.format == "json" else None)
     else:
-        res, weights = _verify(run, args.sim, args.layers, not args.no_dense, True, None)
+        res, weights = _verify_all(run, args)
         path = write_verify(run, res, weights=weights)
         _print_result(res, args.format, args.sim, path)
     if not res.ok:
         raise VerifyMismatch(f"{len(res.totals()['layers_failed'])} layer(s) failed: "
                              f"{', '.join(res.totals()['layers_failed'])}")
     return 0
+
+
+def _verify_all(run: Run, args: argparse.Namespace) -> tuple[VerifyResult, Path | None]:
+    """The layers of ``--layers``, in a local pool or on Ray with ``--workers``/``--backend``."""
+    executor = runner = None
+    if args.backend == "ray" or (args.workers or 1) > 1:
+        from ..sweep import make_executor
+
+        executor = make_executor(args.backend, args.workers or 0, args.address,
+                                 preload=("lsp_codesign.commands.verify",))
+        runner = parallel_runner(args.sim, executor)
+    failed = True
+    try:
+        out = _verify(run, args.sim, args.layers, not args.no_dense, True, runner)
+        failed = False
+    finally:
+        if executor is not None:
+            executor.close(failed)
+    return out
 
 
 def _print_result(res: VerifyResult, fmt: str, sim: str, path: Path | None) -> None:
