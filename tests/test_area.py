@@ -15,8 +15,7 @@ import pytest
 
 from hw import area
 from lsp_codesign.cli import main
-from lsp_codesign.config import MEMORY_NAMES
-from tests.test_sim_rtl import small_config
+from tests.conftest import tiny_config as small_config
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
@@ -54,7 +53,8 @@ def test_cells_flip_flops_and_transistors(record):
 def test_srams_are_counted_from_the_configured_sizes(record):
     _root, rec = record
     cfg = small_config()
-    want = {n: cfg.memories[n].depth * cfg.memories[n].word_bits for n in MEMORY_NAMES}
+    want = {(f"{n}_b{b}" if m.banks > 1 else n): m.depth * m.word_bits
+            for n, m in cfg.memories.items() for b in range(m.banks)}  # one macro per bank
     assert {n: s["bits"] for n, s in rec["sram"].items()} == want
     assert rec["sram_bits"] == sum(want.values())
     assert rec["sram_transistors"] == 6 * rec["sram_bits"]

@@ -47,14 +47,16 @@ def test_calibration_default_quoted_in_the_docs():
 
 def test_systolic_convention_table_in_config_md(tpu):
     """docs/config.md's readings of the systolic convention, recomputed from the model."""
-    from lsp_codesign.cycle_model import estimate_layer, systolic_folds
+    from lsp_codesign.cycle_model import estimate_layer
+    from lsp_codesign.systolic_model import per_fold as per_fold_of
 
     text = (ROOT / "docs" / "config.md").read_text()
     for arr, df in (("16x16", "os"), ("16x16", "ws"), ("128x128", "os"), ("128x128", "ws")):
         cfg = tpu.with_overrides(array=arr, dataflow=df, block="16x16")
-        f = systolic_folds(cfg, 197, 192, 576, None)
-        folds, per_fold = f["fr"] * f["fc"], f["per_fold"]
-        conv = estimate_layer(cfg, 197, 192, 576, None).cycles
+        est = estimate_layer(cfg, 197, 192, 576, None)
+        # the operand stream of one fold: the reduction (N) for os, the tokens (M) for ws
+        folds, per_fold = est.counters["folds"], per_fold_of(cfg, 192 if df == "os" else 197)
+        conv = est.cycles
         assert conv == folds * per_fold - 1
         r = cfg.array_rows
         row = (f"| DeiT-Tiny qkv 197×192→576 | {r}×{r} | {df} | {folds} | {per_fold} | "

@@ -17,7 +17,8 @@ from lsp_codesign.compiler import compile_layer
 from sim.harness import run_programs, waves_path
 from sim.waves import main as waves_main
 from sim.waves import read_vcd, render_png
-from tests.test_sim_rtl import need, small_config
+from tests.conftest import tiny_config
+from tests.test_sim_rtl import need
 
 VCD = """$timescale 1ps $end
 $scope module top $end
@@ -84,7 +85,7 @@ def test_waves_command_draws_from_a_start_signal(tmp_path, capsys):
 @pytest.mark.rtl
 def test_icarus_writes_an_fst_into_the_build_directory(tmp_path):
     need("icarus")
-    cfg = small_config()
+    cfg = tiny_config()
     path = waves_path(cfg, "t", "icarus", tmp_path)
     assert path == tmp_path.resolve() / cfg.config_hash() / "waves" / "t-icarus.fst"
     (res,) = run_programs(cfg, [_program(cfg)], sim="icarus", build_root=tmp_path, waves=path)
@@ -102,7 +103,7 @@ def test_icarus_writes_an_fst_into_the_build_directory(tmp_path):
 @pytest.mark.slow
 def test_verilator_vcd_shows_the_counted_cycles(tmp_path):
     need("verilator")
-    cfg = small_config()
+    cfg = tiny_config()
     path = waves_path(cfg, "t", "verilator", tmp_path)
     res = run_programs(cfg, [_program(cfg), _program(cfg, 1)], sim="verilator",
                        build_root=tmp_path, waves=path)
