@@ -301,9 +301,12 @@ def test_sweep_writes_table_csv_and_plots(small):
         assert 0 <= r["top1"] <= 1 and r["kl"] >= 0 and r["config_hash"]
         assert isinstance(r["front_energy_top1"], bool)
     assert any(r["front_energy_top1"] for r in rows)
-    # LSP beats uniform at equal FLOPs (the allocator's point), on every block and target
-    for i in range(0, 8, 2):
-        assert rows[i]["top1"] > rows[i + 1]["top1"]
+    # LSP beats uniform at equal FLOPs (the allocator's point) at R = 0.5, on both blocks. At
+    # R = 0.7 engine v2's power term sends the pruning into the MLPs and the two end level
+    # (the README's sweep: 90% against 91% at 16x16), so no order is asserted there.
+    for i in (0, 4):
+        assert rows[i]["target"] == 0.5 and rows[i]["method"] == "lsp"
+        assert rows[i]["top1"] > rows[i + 1]["top1"] + 0.1
     with open(small / "sweep.csv") as fh:
         got = list(csv.DictReader(fh))
     assert [g["point"] for g in got] == [r["point"] for r in rows]

@@ -66,8 +66,8 @@ def run_chunk(sim: str, cfg: dict, programs: Sequence) -> list:
 
 
 def _cost(prog) -> int:
-    """Relative simulation work of a program: weight words loaded times token tiles."""
-    return (len(prog.wmem) + len(prog.words)) * max(1, getattr(prog, "mt", 1))
+    """Relative simulation work of a program: the DRAM beats it reads plus its words."""
+    return len(prog.dram) + len(prog.words)
 
 
 def parallel_runner(sim: str, executor) -> Runner:
