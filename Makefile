@@ -42,10 +42,11 @@ BLOCK ?= 16x16
 SIM ?= icarus
 WAVES ?= 0
 HW_CONFIG ?= vita
-export BLOCK SIM HW_CONFIG WAVES
+export BLOCK SIM HW_CONFIG
 
 .PHONY: sim rtl rtl-speed area
 
+sim: export WAVES := $(WAVES)
 sim: setup
 	$(PY) -m sim.make_sim --config "$$HW_CONFIG" --block "$$BLOCK" --sim "$$SIM" --waves "$$WAVES"
 

@@ -18,6 +18,7 @@ results file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -387,8 +388,9 @@ def build_simulator(cfg: HwConfig, *, sim: str = "verilator", build_root: Path |
                     _build_verilator(sources, sim_dir, build_args, timescale, log, waves)
                     (sim_dir / VERILATOR_STAMP).write_text(json.dumps({"digest": digest}) + "\n")
                 else:
-                    runner.build(sources=sources, hdl_toplevel=TB_TOP, build_dir=sim_dir,
-                                 timescale=timescale, waves=waves, log_file=log)
+                    with _waves_env(waves):
+                        runner.build(sources=sources, hdl_toplevel=TB_TOP, build_dir=sim_dir,
+                                     timescale=timescale, waves=waves, log_file=log)
             except (RuntimeError, SystemExit, OSError, subprocess.CalledProcessError) as exc:
                 raise SimulatorBuildError(
                     f"{sim}: building {cfg.block_str} ({hw.directory}) failed: {exc}\n"
@@ -550,10 +552,11 @@ def run_programs(cfg: HwConfig, programs: Sequence[LayerProgram], *, sim: str = 
     try:
         if tail:
             tail.start()
-        build.runner.test(test_module="sim.cocotb_engine", hdl_toplevel=TB_TOP,
-                          hdl_toplevel_lang="verilog",
-                          build_dir=build.directory, test_dir=run_dir, extra_env=env,
-                          timescale=("1ns", "1ps"), log_file=log, **_wave_args(sim, waves))
+        with _waves_env(waves is not None):
+            build.runner.test(test_module="sim.cocotb_engine", hdl_toplevel=TB_TOP,
+                              hdl_toplevel_lang="verilog",
+                              build_dir=build.directory, test_dir=run_dir, extra_env=env,
+                              timescale=("1ns", "1ps"), log_file=log, **_wave_args(sim, waves))
     except (SystemExit, RuntimeError, OSError):
         pass  # the results file says what happened; checked below
     finally:
@@ -585,6 +588,29 @@ def waves_path(cfg: HwConfig, name: str, sim: str, build_root: Path | None = Non
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return root.resolve() / cfg.config_hash() / "waves" / \
         f"{safe}-{sim}.{'fst' if sim == 'icarus' else 'vcd'}"
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _waves_env(waves: bool):
+    """Hold cocotb's ``WAVES`` environment variable at ``waves`` while the runner reads it.
+
+    cocotb lets ``WAVES`` override the ``waves`` argument of ``build``/``test``; a ``WAVES=0``
+    left in the caller's environment (``make`` exports it) would silently drop a waveform that
+    was asked for, and ``WAVES=1`` would slow every run. The ``waves`` argument decides.
+    """
+    with _ENV_LOCK:
+        old = os.environ.get("WAVES")
+        os.environ["WAVES"] = "1" if waves else "0"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("WAVES", None)
+            else:
+                os.environ["WAVES"] = old
 
 
 def _wave_args(sim: str, waves: Path | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Icarus writes FST (checked by its header block), Verilator VCD (read back: the e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,11 @@ def test_waves_command_draws_from_a_start_signal(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 @pytest.mark.rtl
-def test_icarus_writes_an_fst_into_the_build_directory(tmp_path):
+def test_icarus_writes_an_fst_into_the_build_directory(tmp_path, monkeypatch):
     need("icarus")
+    # cocotb lets a WAVES environment variable override its waves argument, and ``make``
+    # exports one (WAVES=0 by default): the harness's own argument must decide either way.
+    monkeypatch.setenv("WAVES", "0")
     cfg = tiny_config()
     path = waves_path(cfg, "t", "icarus", tmp_path)
     assert path == tmp_path.resolve() / cfg.config_hash() / "waves" / "t-icarus.fst"
@@ -95,14 +99,17 @@ def test_icarus_writes_an_fst_into_the_build_directory(tmp_path):
     assert (tmp_path.resolve() / cfg.config_hash() / "sim_icarus_waves").is_dir()
     # a run without waves uses (and builds) the fast model, and writes no waveform
     path.unlink()
+    monkeypatch.setenv("WAVES", "1")
     run_programs(cfg, [_program(cfg)], sim="icarus", build_root=tmp_path)
+    assert os.environ["WAVES"] == "1"
     assert not path.exists() and (tmp_path.resolve() / cfg.config_hash() / "sim_icarus").is_dir()
 
 
 @pytest.mark.rtl
 @pytest.mark.slow
-def test_verilator_vcd_shows_the_counted_cycles(tmp_path):
+def test_verilator_vcd_shows_the_counted_cycles(tmp_path, monkeypatch):
     need("verilator")
+    monkeypatch.setenv("WAVES", "0")
     cfg = tiny_config()
     path = waves_path(cfg, "t", "verilator", tmp_path)
     res = run_programs(cfg, [_program(cfg), _program(cfg, 1)], sim="verilator",
@@ -118,8 +125,9 @@ def test_verilator_vcd_shows_the_counted_cycles(tmp_path):
 
 @pytest.mark.rtl
 @pytest.mark.torch
-def test_verify_waves_records_one_layer_and_writes_no_verify_json(tmp_path, capsys):
+def test_verify_waves_records_one_layer_and_writes_no_verify_json(tmp_path, capsys, monkeypatch):
     need("icarus")
+    monkeypatch.setenv("WAVES", "0")
     from tests.test_verify import make_run
 
     rd = make_run(tmp_path / "run")
