@@ -137,6 +137,40 @@ def test_train_keeps_pruned_weights_zero_and_moves_kept_ones(run_dir, distill):
     assert not model.training
 
 
+@pytest.mark.parametrize("kept", ["gradient hooks", "re-zeroing", "neither"])
+def test_each_mask_safeguard_holds_on_its_own(run_dir, monkeypatch, kept):
+    """train() masks gradients and re-zeroes after every step; either alone keeps the pruned
+    weights at exactly zero, and with both removed check_masked stops the run."""
+    import lsp_codesign.training as training
+
+    if kept != "gradient hooks":  # no hooks: the weights are only zeroed, once, up front
+        monkeypatch.setattr(training, "_mask_gradients",
+                            lambda model, masks: (apply_masks(model, masks), [])[1])
+    if kept != "re-zeroing":  # the first apply_masks (in _mask_gradients) only
+        calls = []
+        real = training.apply_masks
+
+        def first_only(model, masks):
+            calls.append(1)
+            if len(calls) == 1:
+                real(model, masks)
+        monkeypatch.setattr(training, "apply_masks", first_only)
+    torch.manual_seed(0)
+    model = create_model(DEFAULT_MODEL)
+    em = element_masks(model, load_masks(run_dir / "masks.safetensors"))
+    loader = train_loader(DEFAULT_MODEL, 128, 0, 64)
+    run = lambda: train(model, loader, epochs=1, lr=1e-2, weight_decay=0.5,  # noqa: E731
+                        masks=em, progress=False)
+    if kept == "neither":
+        with pytest.raises(FinetuneError, match="pruned"):
+            run()
+        return
+    run()
+    weights = model.state_dict()
+    for name, keep in em.items():
+        assert torch.all(weights[f"{name}.weight"][~keep] == 0), (kept, name)
+
+
 def test_train_rejects_bad_settings():
     model = create_model(DEFAULT_MODEL)
     loader = train_loader(DEFAULT_MODEL, 64, 0, 64)
