@@ -27,6 +27,20 @@ def test_every_test_named_by_the_allocator_pitfalls_exists():
     assert missing == []
 
 
+def test_every_test_named_by_the_reliability_table_exists():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    section = text.split("## Classes, invariants and tests", 1)[1].split("\n## ", 1)[0]
+    refs = []
+    for row in section.splitlines():
+        current = None
+        for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", row):
+            current = file or current
+            refs.append((current, name))
+    assert len(refs) >= 30 and all(f for f, _n in refs)
+    missing = [f"{f}::{n}" for f, n in refs if n not in _test_names(ROOT / "tests" / f)]
+    assert missing == []
+
+
 def test_no_doc_or_source_points_outside_the_project():
     files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
              *(p for d in ("lsp_codesign", "models", "sim", "hw", "tests", "bench")
