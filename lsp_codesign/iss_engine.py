@@ -19,7 +19,7 @@ from .isa import DESC_WORDS, SWAP_W, SWAP_X, SWAP_Y, ErrorCode, decode_descripto
 
 __all__ = ["TileEngine", "Tile"]
 
-_DT = {8: "<i1", 16: "<u2", 32: "<u4"}
+_DT = {8: "<u1", 16: "<u2", 32: "<u4"}   # index entries are unsigned
 
 
 @dataclass(frozen=True)

@@ -553,3 +553,38 @@ def test_w_chunks_stream_over_phases_and_restart_at_each_w_swap():
     late, _ = _streamed_w(31)
     assert (late.err_code, late.counters["tiles"]) == (RANGE, 2)
     assert late.counters["busy"] == 1 + 29 + 17 + max(13, L + FETCH)
+
+
+def test_two_y_regions_the_first_is_stored_while_the_second_tile_computes():
+    dram: dict = {}
+    at, y0_at, y0 = put_tile(dram, 0, DATA)
+    _, y1_at, y1 = put_tile(dram, 1, at, seed=1)
+    res = run_table(dram, 2)
+    assert not res.error
+    np.testing.assert_array_equal(y_of(res, y0_at, BM), y0)
+    np.testing.assert_array_equal(y_of(res, y1_at, BM), y1)
+    # phases: 29 | max(13, tile 1's loads 29) | max(13, store of region 0: L + 5) | store 13
+    assert res.counters["busy"] == 1 + 29 + 29 + 13 + 13
+    assert res.counters["dma_stall"] == 29 + 16 + 0 + 13
+    assert res.counters["ymem_reads"] == res.counters["ymem_writes"] == 2 * (4 + 4)
+    assert res.counters["dram_write_bytes"] == 8 * B
+
+
+def test_an_8_bit_index_entry_of_128_or_more_is_unsigned():
+    """Index entries are unsigned (docs/hw.md §3 counts them from 0): with index_bits 8, column
+    128 is block column 128, as the compiler writes it and the RTL reads it."""
+    cfg = tiny_config(kib=4.5, index_bits=8)          # X bank: 4.5 * 8192 / 2 / 32 = 576 words
+    assert cfg.memories["xmem"].depth >= BM * 129
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (BM, 129 * BN)).astype(np.int8)
+    w = rng.integers(-128, 128, (BK, BN)).astype(np.int8)
+    dram: dict = {}
+    at = put(dram, DATA, x.tobytes())                  # 129 beats
+    put(dram, at, bytes([0, 1, 0, 128]))               # row_ptr 0 1, row_id 0, col 128
+    put(dram, at + 1, w.tobytes())
+    put_desc(dram, 0, flags=ALL, tt=1, kg=1, ng=129, r=1, nnz=1, x=DATA, idx=at, w=at + 1,
+             wlen=BK, y=at + 2)
+    res = run_table(dram, 1, cfg=cfg)
+    assert (res.error, res.err_code) == (False, 0)
+    y = x[:, 128 * BN:129 * BN].astype(np.int64) @ w.T.astype(np.int64)
+    np.testing.assert_array_equal(y_of(res, at + 2, BM), y)
