@@ -588,3 +588,62 @@ def test_an_8_bit_index_entry_of_128_or_more_is_unsigned():
     assert (res.error, res.err_code) == (False, 0)
     y = x[:, 128 * BN:129 * BN].astype(np.int64) @ w.T.astype(np.int64)
     np.testing.assert_array_equal(y_of(res, at + 2, BM), y)
+
+
+def test_a_tile_with_no_kept_block_computes_nothing_and_stores_zeros():
+    dram: dict = {}
+    put(dram, DATA, bytes(range(16)))                          # X (never multiplied)
+    put(dram, DATA + 1, bytes(2))                              # index: row_ptr[0] = 0
+    for i in range(4):
+        dram[DATA + 2 + i] = (1 << 128) - 1                    # stale data in the Y region
+    put_desc(dram, 0, flags=ALL, tt=1, kg=1, ng=1, r=0, nnz=0, x=DATA, idx=DATA + 1, w=0,
+             wlen=0, y=DATA + 2)
+    res = run_table(dram, 1)
+    assert (res.error, res.err_code) == (False, 0)
+    assert [res.mem.dram[DATA + 2 + i] for i in range(4)] == [0] * 4
+    # phase 0: L + fetch 6 + X 5 + index (1 entry: 1 + 1) = 21, no W chunk;
+    # phase 1: no compute, no DMA: 1 cycle; phase 2: store L + 5 = 13
+    c = res.counters
+    assert c["busy"] == 1 + 21 + 1 + 13 and c["dma_cycles"] == 21 + 13
+    assert (c["compute"], c["fill"], c["macs"], c["tiles"]) == (0, 0, 0, 1)
+    assert (c["idx_reads"], c["wmem_writes"], c["ymem_reads"], c["ymem_writes"]) == (0, 0, 4, 4)
+
+
+def test_a_w_segment_streamed_in_two_chunks_fills_the_bank_to_its_last_word():
+    """Tile 1 (no swaps) streams words 0-28 of an 8-block W segment, tile 2 words 29-31 at fill
+    offset 29 and swaps W in: 8 blocks x wpb 4 = the whole 32-word bank."""
+    rng = np.random.default_rng(11)
+    geo = dict(tt=1, kg=3, ng=3)
+    x = rng.integers(-128, 128, (BM, 3 * BN)).astype(np.int8)
+    a = rng.integers(-128, 128, (BK, BN)).astype(np.int8)
+    wb = rng.integers(-128, 128, (8, BK, BN)).astype(np.int8)
+    rp, rid, col = (0, 3, 6, 8), (0, 1, 2), (0, 1, 2, 0, 1, 2, 0, 2)
+    dram: dict = {}
+    put(dram, 64, x.tobytes())                                     # 12 words: 64-66
+    put(dram, 67, np.array([0, 1, 1, 0], "<u2").tobytes())         # tile 0: block (1, 0)
+    put(dram, 68, a.tobytes())
+    put(dram, 69, np.array([*rp, *rid, *col], "<u2").tobytes())    # 15 entries: 69-70
+    put(dram, 71, wb.tobytes()[: 29 * 4])                          # words 0-28: 71-78
+    put(dram, 79, wb.tobytes()[29 * 4:])                           # words 29-31
+    put_desc(dram, 0, flags=ALL, r=1, nnz=1, x=64, idx=67, w=68, wlen=4, y=80, **geo)
+    put_desc(dram, 1, flags=0, r=1, nnz=1, w=71, wlen=29, **geo)
+    put_desc(dram, 2, flags=SWAP_W, r=3, nnz=8, idx=69, w=79, wlen=3, **geo)
+    res = run_table(dram, 3)
+    assert (res.error, res.err_code) == (False, 0)
+    x64, y = x.astype(np.int64), np.zeros((BM, 3 * BK), np.int64)
+    y[:, BK:2 * BK] += 2 * x64[:, :BN] @ a.T.astype(np.int64)    # tiles 0 and 1
+    for j in range(3):
+        for q in range(rp[j], rp[j + 1]):
+            y[:, rid[j] * BK:(rid[j] + 1) * BK] += \
+                x64[:, col[q] * BN:(col[q] + 1) * BN] @ wb[q].T.astype(np.int64)
+    np.testing.assert_array_equal(y_of(res, 80, BM, 3), y)
+    assert res.counters["wmem_writes"] == 4 + 29 + 3
+
+
+def test_dram_beats_never_written_read_as_zero():
+    dram: dict = {}
+    _, y_at, _ = put_tile(dram, 0, DATA)
+    del dram[DATA]                                             # the X tile: all zero
+    res = run_table(dram, 1)
+    assert not res.error
+    assert (y_of(res, y_at, BM) == 0).all()
