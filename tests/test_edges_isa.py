@@ -199,7 +199,7 @@ def test_lui_addi_build_32_bit_register_values_and_x0_stays_zero():
         lsp.halt
     """)
     assert not r.error and r.err_code == 0
-    assert r.regs[0] == 0
+    assert len(r.regs) == 32 and r.regs[0] == 0
     assert r.regs[10:15] == [0xFFFFFFFF, 0xFFFFF000, 0xFFFFF7FF, 0, 0xFFFFFFFE]
     # 10 instructions, halt included, 2 cycles each
     assert (r.counters["insns"], r.counters["imem_reads"], r.counters["cycles"]) == (10, 10, 20)
