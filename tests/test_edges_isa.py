@@ -460,6 +460,7 @@ RANGE = isa.ErrorCode.DMA_RANGE
 
 
 TWO_ROWS = dict(tt=2, kg=2, rp=(0, 1), rid=(1,))        # Y region: 8 rows x 2 = 16 beats
+WIDE_X = dict(ng=8, col=(7,))                          # X tile: 4 rows x 8 words = 8 beats
 FULL_INDEX_17 = dict(kg=4, ng=2, rp=(0, 2, 4, 6, 8), rid=(0, 1, 2, 3), col=(0, 1) * 4)
 NNZ_9 = dict(kg=3, ng=3, rp=(0, 3, 6, 9), rid=(0, 1, 2), col=(0, 1, 2) * 3)
 
@@ -469,6 +470,7 @@ NNZ_9 = dict(kg=3, ng=3, rp=(0, 3, 6, 9), rid=(0, 1, 2), col=(0, 1, 2) * 3)
     (False, {}, {}, dict(ng=9)),
     # X tile in DRAM: 4 words of 32 bits = 1 beat
     (True, {}, dict(x=4095), {}), (False, {}, {}, dict(x=4096)),
+    (True, WIDE_X, dict(x=4096 - 8), {}), (False, WIDE_X, {}, dict(x=4096 - 7)),
     # index bank (16 entries): 2R + 1 + NNZ = 17 (the W bank and the chunk, 32 words, fit)
     (False, FULL_INDEX_17, {}, {}),
     # index segment in DRAM: 4 entries of 16 bits = 1 beat
