@@ -208,8 +208,9 @@ def test_lui_addi_build_32_bit_register_values_and_x0_stays_zero():
 def test_rdctr_reads_the_value_before_its_execute_cycle_and_0_past_the_last_counter():
     n = len(isa.COUNTERS)
     r = _run_text(tiny_config(), f"""
+        lsp.rdctr a6, zero        # cycles: its own fetch cycle only
         li a1, {isa.COUNTER_IDS["imem_reads"]}
-        lsp.rdctr a2, a1          # 3 fetches so far, its own included
+        lsp.rdctr a2, a1          # 4 fetches so far, its own included
         li a1, {n - 1}
         lsp.rdctr a3, a1          # tiles: none yet
         li a1, {n}
@@ -219,8 +220,8 @@ def test_rdctr_reads_the_value_before_its_execute_cycle_and_0_past_the_last_coun
         lsp.rdctr zero, zero      # rd = x0: nothing written
         lsp.halt
     """)
-    assert r.regs[12:16] == [3, 0, 0, 0] and r.regs[0] == 0
-    assert r.counters["insns"] == 14 and r.counters["cycles"] == 28
+    assert r.regs[12:16] == [4, 0, 0, 0] and r.regs[16] == 1 and r.regs[0] == 0
+    assert r.counters["insns"] == 15 and r.counters["cycles"] == 30
 
 
 def test_front_end_stops_count_exactly_the_work_done():
