@@ -558,19 +558,21 @@ def test_w_chunks_stream_over_phases_and_restart_at_each_w_swap():
     assert late.counters["busy"] == 1 + 29 + 17 + max(13, L + FETCH)
 
 
-def test_two_y_regions_the_first_is_stored_while_the_second_tile_computes():
+def test_three_y_regions_each_is_stored_while_the_next_tile_computes():
     dram: dict = {}
     at, y0_at, y0 = put_tile(dram, 0, DATA)
-    _, y1_at, y1 = put_tile(dram, 1, at, seed=1)
-    res = run_table(dram, 2)
+    at, y1_at, y1 = put_tile(dram, 1, at, seed=1)
+    _, y2_at, y2 = put_tile(dram, 2, at, seed=2)
+    res = run_table(dram, 3)
     assert not res.error
-    np.testing.assert_array_equal(y_of(res, y0_at, BM), y0)
-    np.testing.assert_array_equal(y_of(res, y1_at, BM), y1)
-    # phases: 29 | max(13, tile 1's loads 29) | max(13, store of region 0: L + 5) | store 13
-    assert res.counters["busy"] == 1 + 29 + 29 + 13 + 13
-    assert res.counters["dma_stall"] == 29 + 16 + 0 + 13
-    assert res.counters["ymem_reads"] == res.counters["ymem_writes"] == 2 * (4 + 4)
-    assert res.counters["dram_write_bytes"] == 8 * B
+    for at, y in ((y0_at, y0), (y1_at, y1), (y2_at, y2)):
+        np.testing.assert_array_equal(y_of(res, at, BM), y)
+    # phases: 29 | max(13, tile 1's loads 29) | max(13, store of region 0 (4 + 1) then tile 2's
+    # fetch and loads (6 + 15): L + 26 = 34) | max(13, store of region 1: L + 5) | store 13
+    assert res.counters["busy"] == 1 + 29 + 29 + 34 + 13 + 13
+    assert res.counters["dma_stall"] == 29 + 16 + 21 + 0 + 13
+    assert res.counters["ymem_reads"] == res.counters["ymem_writes"] == 3 * (4 + 4)
+    assert res.counters["dram_write_bytes"] == 12 * B
 
 
 def test_an_8_bit_index_entry_of_128_or_more_is_unsigned():
