@@ -522,10 +522,10 @@ def test_each_index_rule_alone_stops_the_run_after_the_index_is_loaded(geometry)
     assert c["dram_read_bytes"] == (KD + -(-x_words * 4 // B) + -(-n * 2 // B)) * B
 
 
-def _streamed_w(wlen2: int):
-    """Tile 0 computes block A; tile 1 reuses every bank and streams words 0-1 of block C into
-    the W fill bank; tile 2 swaps W (its own index, words 2-3 of C at fill offset 2) and
-    computes C. X and the Y region stay: Y = X.A^T + X.A^T + X.C^T."""
+def _streamed_w(wlen3: int):
+    """Tile 0 computes block A; tiles 1 and 2 reuse every bank and stream words 0 and 1 of block
+    C into the W fill bank; tile 3 swaps W (its own index, words 2-3 of C at fill offset 2) and
+    computes C. X and the Y region stay: Y = 3 X.A^T + X.C^T."""
     rng = np.random.default_rng(7)
     x = rng.integers(-128, 128, (BM, BN)).astype(np.int8)
     a, cb = rng.integers(-128, 128, (2, BK, BN)).astype(np.int8)
@@ -533,29 +533,31 @@ def _streamed_w(wlen2: int):
     put(dram, 64, x.tobytes())
     put(dram, 65, np.array([0, 1, 0, 0], "<u2").tobytes())
     put(dram, 66, a.tobytes())
-    put(dram, 67, cb[:2].tobytes())          # words 0-1 of C (half a beat)
-    put(dram, 68, cb[2:].tobytes())          # words 2-3 of C
+    put(dram, 67, cb[0].tobytes())           # word 0 of C
+    put(dram, 68, cb[1].tobytes())           # word 1
+    put(dram, 69, cb[2:].tobytes())          # words 2-3
     one = dict(tt=1, kg=1, ng=1, r=1, nnz=1)
     put_desc(dram, 0, flags=ALL, x=64, idx=65, w=66, wlen=4, y=70, **one)
-    put_desc(dram, 1, flags=0, w=67, wlen=2, **one)
-    put_desc(dram, 2, flags=SWAP_W, idx=65, w=68, wlen=wlen2, **one)
-    y = 2 * x.astype(np.int64) @ a.T.astype(np.int64) + x.astype(np.int64) @ cb.T
-    return run_table(dram, 3), y
+    put_desc(dram, 1, flags=0, w=67, wlen=1, **one)
+    put_desc(dram, 2, flags=0, w=68, wlen=1, **one)
+    put_desc(dram, 3, flags=SWAP_W, idx=65, w=69, wlen=wlen3, **one)
+    y = 3 * x.astype(np.int64) @ a.T.astype(np.int64) + x.astype(np.int64) @ cb.T
+    return run_table(dram, 4), y
 
 
 def test_w_chunks_stream_over_phases_and_restart_at_each_w_swap():
     res, y = _streamed_w(2)
     assert (res.error, res.err_code) == (False, 0)
     np.testing.assert_array_equal(y_of(res, 70, BM), y)
-    # phases: 29 | max(13, L + 6 + chunk 2+1 = 17) | max(13, L + 6 + index 5 + chunk 3 = 22)
-    #         | 13 (tile 2, no DMA) | store 13
-    assert res.counters["busy"] == 1 + 29 + 17 + 22 + 13 + 13
-    assert res.counters["wmem_writes"] == 4 + 2 + 2 and res.counters["idx_writes"] == 8
-    # the fill offset is 2 when tile 2's chunk is checked: 2 + 30 words fit, 2 + 31 do not
+    # phases: 29 | max(13, L + 6 + chunk 1+1 = 16) twice | max(13, L + 6 + index 5 + chunk 3
+    #         = 22) | 13 (tile 3, no DMA) | store 13
+    assert res.counters["busy"] == 1 + 29 + 16 + 16 + 22 + 13 + 13
+    assert res.counters["wmem_writes"] == 4 + 1 + 1 + 2 and res.counters["idx_writes"] == 8
+    # the fill offset is 2 when tile 3's chunk is checked: 2 + 30 words fit, 2 + 31 do not
     assert not _streamed_w(30)[0].error
     late, _ = _streamed_w(31)
-    assert (late.err_code, late.counters["tiles"]) == (RANGE, 2)
-    assert late.counters["busy"] == 1 + 29 + 17 + max(13, L + FETCH)
+    assert (late.err_code, late.counters["tiles"]) == (RANGE, 3)
+    assert late.counters["busy"] == 1 + 29 + 16 + 16 + max(13, L + FETCH)
 
 
 def test_three_y_regions_each_is_stored_while_the_next_tile_computes():
