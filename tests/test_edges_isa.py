@@ -654,3 +654,24 @@ def test_dram_beats_never_written_read_as_zero():
     res = run_table(dram, 1)
     assert not res.error
     assert (y_of(res, y_at, BM) == 0).all()
+
+
+def test_a_tile_count_of_zero_runs_only_the_setup_cycle():
+    res = run_table({}, 0)
+    assert (res.error, res.err_code) == (False, 0)
+    assert (res.counters["busy"], res.counters["cycles"], res.counters["dma_cycles"]) == \
+        (1, 14 + 1, 0)
+
+
+def test_two_gemms_add_their_counters_and_recompute_the_same_y():
+    dram: dict = {}
+    _, y_at, y = put_tile(dram, 0, DATA)
+    words = [encode(i) for i in li(10, 0) + li(11, 1)] + [
+        encode(Instr("lsp.tiles", rs1=10, rs2=11)), encode(Instr("lsp.gemm")),
+        encode(Instr("lsp.gemm")), encode(Instr("lsp.halt"))]
+    res = run_iss(edge_cfg(), Memories(imem=dict(enumerate(words)), dram=dram))
+    assert not res.error
+    np.testing.assert_array_equal(y_of(res, y_at, BM), y)
+    # each lsp.gemm as in test_one_tile_worked_by_hand: busy 56; 8 instructions
+    assert (res.counters["busy"], res.counters["cycles"], res.counters["tiles"]) == \
+        (2 * 56, 16 + 2 * 56, 2)
