@@ -675,3 +675,45 @@ def test_two_gemms_add_their_counters_and_recompute_the_same_y():
     # each lsp.gemm as in test_one_tile_worked_by_hand: busy 56; 8 instructions
     assert (res.counters["busy"], res.counters["cycles"], res.counters["tiles"]) == \
         (2 * 56, 16 + 2 * 56, 2)
+
+
+def test_an_index_is_checked_by_its_own_entries_not_by_a_longer_one_left_in_the_bank():
+    """Tiles 0 and 2 load their index into the same IDX bank; tile 0's 7 entries leave a 1 at
+    entry 4, which tile 2 (4 entries, NG = 1) must not read as a fifth column."""
+    dram: dict = {}
+    at, y0_at, y0 = put_tile(dram, 0, DATA, kg=2, ng=2, rp=(0, 1, 2), rid=(0, 1), col=(0, 1))
+    at, _, _ = put_tile(dram, 1, at, seed=1)
+    _, y2_at, y2 = put_tile(dram, 2, at, seed=2)
+    res = run_table(dram, 3)
+    assert (res.error, res.err_code) == (False, 0)
+    np.testing.assert_array_equal(y_of(res, y0_at, BM, 2), y0)
+    np.testing.assert_array_equal(y_of(res, y2_at, BM), y2)
+
+
+def test_a_y_word_wider_than_a_beat_costs_w_over_b_cycles_per_word():
+    """The one-tile layer of test_one_tile_worked_by_hand with 4-byte beats (b = 32 bits): a
+    descriptor is 16 beats, X and W words are one beat, an index beat holds 2 entries, a Y word
+    is 4 beats."""
+    cfg = tiny_config(beat=4, idx_kib=0.0625, ymem_kib=1.01)
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (BM, BN)).astype(np.int8)
+    w = rng.integers(-128, 128, (BK, BN)).astype(np.int8)
+    beats = {}
+    for at, data in ((16, x.tobytes()), (20, np.array([0, 1, 0, 0], "<u2").tobytes()),
+                     (22, w.tobytes()),
+                     (0, b"".join(v.to_bytes(4, "little") for v in isa.encode_descriptor(
+                         flags=ALL, tt=1, kg=1, ng=1, r=1, nnz=1, x=16, idx=20, w=22, wlen=4,
+                         y=26)))):
+        for i in range(len(data) // 4):
+            beats[at + i] = int.from_bytes(data[4 * i:4 * i + 4], "little")
+    res = run_table(beats, 1, cfg=cfg)
+    assert not res.error
+    raw = b"".join(res.mem.dram[26 + i].to_bytes(4, "little") for i in range(16))
+    np.testing.assert_array_equal(np.frombuffer(raw, "<i4").reshape(BM, BK),
+                                  x.astype(np.int64) @ w.T.astype(np.int64))
+    # phase 0: L + fetch (16 + 2) + X (4 + 1) + index (4 + 1) + W (4 + 1) = 41;
+    # phase 1: compute 13; phase 2: store of 4 words of 4 beats each: L + 4 * 4 + 1 = 25
+    c = res.counters
+    assert (c["busy"], c["dma_cycles"], c["dma_stall"]) == (1 + 41 + 13 + 25, 41 + 25, 41 + 25)
+    assert (c["dram_read_bytes"], c["dram_write_bytes"]) == ((16 + 4 + 2 + 4) * 4, 16 * 4)
+    assert all(type(v) is int for v in c.values())
