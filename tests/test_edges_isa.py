@@ -372,6 +372,8 @@ def test_a_tile_that_swaps_nothing_reuses_every_bank_and_adds_into_the_y_region(
     assert res.counters["dma_cycles"] == 29 + 14 + 0 + 13
     assert (res.counters["tiles"], res.counters["compute"], res.counters["idx_reads"]) == \
         (2, 8, 6)
+    assert (res.counters["macs"], res.counters["fill"], res.counters["xmem_reads"],
+            res.counters["wmem_reads"]) == (2 * 4 * BK * BN, 2 * 4, 2 * 4, 2 * 4)
     assert (res.counters["ymem_reads"], res.counters["xmem_writes"],
             res.counters["dram_read_bytes"]) == (4 + 4 + 4, 4, (2 * KD + 3) * B)
 
@@ -717,3 +719,20 @@ def test_a_y_word_wider_than_a_beat_costs_w_over_b_cycles_per_word():
     assert (c["busy"], c["dma_cycles"], c["dma_stall"]) == (1 + 41 + 13 + 25, 41 + 25, 41 + 25)
     assert (c["dram_read_bytes"], c["dram_write_bytes"]) == ((16 + 4 + 2 + 4) * 4, 16 * 4)
     assert all(type(v) is int for v in c.values())
+
+
+def test_a_tile_with_no_kept_block_leaves_the_whole_phase_to_the_dma():
+    """Tile 0 keeps no block while the DMA loads tile 1: the phase is a DMA stall throughout."""
+    dram: dict = {}
+    put(dram, DATA, bytes(16))
+    put(dram, DATA + 1, bytes(2))
+    put_desc(dram, 0, flags=ALL, tt=1, kg=1, ng=1, r=0, nnz=0, x=DATA, idx=DATA + 1, w=0,
+             wlen=0, y=DATA + 2)
+    _, y_at, y = put_tile(dram, 1, DATA + 6)
+    res = run_table(dram, 2)
+    assert not res.error
+    np.testing.assert_array_equal(y_of(res, y_at, BM), y)
+    # phases: 21 (tile 0's X and index) | max(0, tile 1's fetch and loads 29) |
+    #         max(13, store of region 0: 13) | store 13
+    assert res.counters["busy"] == 1 + 21 + 29 + 13 + 13
+    assert res.counters["dma_stall"] == 21 + 29 + 0 + 13
