@@ -218,10 +218,12 @@ def test_rdctr_reads_the_value_before_its_execute_cycle_and_0_past_the_last_coun
         li a1, 0xffffffff
         lsp.rdctr a5, a1
         lsp.rdctr zero, zero      # rd = x0: nothing written
+        lsp.rdctr a7, zero        # pc 14: 14 instructions of 2 cycles, then its fetch
         lsp.halt
     """)
-    assert r.regs[12:16] == [4, 0, 0, 0] and r.regs[16] == 1 and r.regs[0] == 0
-    assert r.counters["insns"] == 15 and r.counters["cycles"] == 30
+    assert r.regs[12:16] == [4, 0, 0, 0] and r.regs[16:18] == [1, 2 * 14 + 1]
+    assert r.regs[0] == 0
+    assert r.counters["insns"] == 16 and r.counters["cycles"] == 32
 
 
 def test_front_end_stops_count_exactly_the_work_done():
