@@ -1,0 +1,408 @@
+"""Edges of the allocator's numerics and of verify, each pinned by an independent expectation.
+
+The expected values come from hand-worked cases, the formulas of docs/allocator.md written out
+directly (no incremental update, no stencil tables), small brute-force reimplementations, or a
+boundary (the smallest size that is accepted, the value where a branch switches). Written for
+the mutation run of issue 11: each test says which property it pins.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lsp_codesign.alloc.calibration import LayerStats
+from lsp_codesign.alloc.curves import LayerCurve, block_scores, layer_curve
+from lsp_codesign.alloc.numerics import (block_reduce, distortion_curve, ema_smooth,
+                                         fd_weights, single_block_delta, slope_5pt)
+from lsp_codesign.alloc.options import AllocError, CurvatureOptions, Score
+from lsp_codesign.alloc.search import eq14_beta, method_thresholds, search_allocation
+from lsp_codesign.cycle_model import layer_curves
+from lsp_codesign.packing import BlockGrid
+from lsp_codesign.vit_shapes import GemmShape
+
+# ---------------------------------------------------------------------------------------------
+# search: beta (Eq. 14)
+
+
+def _bare_curve(slope, dp_dalpha=1.0, scores=None, order=None) -> LayerCurve:
+    """A layer with ``len(slope) - 1`` blocks in one block row; only what the search reads is
+    meaningful (slope, dp_dalpha, scores, order)."""
+    slope = np.asarray(slope, dtype=float)
+    nb = len(slope) - 1
+    if scores is None:
+        scores = np.arange(1.0, nb + 1).reshape(1, nb)
+    if order is None:
+        order = np.argsort(np.asarray(scores).ravel(), kind="stable")
+    z = np.zeros(nb + 1)
+    return LayerCurve(shape=GemmShape("x", 1, 4 * nb, 4), grid=BlockGrid(4, 4 * nb, 4, 4),
+                      scores=np.asarray(scores), order=np.asarray(order), delta=z,
+                      delta_smooth=z, slope=slope, flops=np.arange(nb, -1, -1),
+                      energy_pj=z, cycles=z.astype(np.int64), dp_dalpha=dp_dalpha)
+
+
+def test_beta_is_the_slope_sum_over_the_power_sum_also_below_one():
+    # max slopes 0.5 and 0.25, chords 0.25 and 0.5: beta = 0.75 / 0.75 = 1 (a sum below 1 on
+    # both sides: a cut-off at 1 instead of 0 would return 0)
+    a = _bare_curve([0.1, 0.5, 0.2], dp_dalpha=0.25)
+    b = _bare_curve([0.25, 0.0, 0.1], dp_dalpha=0.5)
+    assert eq14_beta([a, b]) == pytest.approx(1.0, rel=1e-15)
+    assert eq14_beta([a]) == pytest.approx(0.5 / 0.25, rel=1e-15)
+
+
+@pytest.mark.parametrize("slopes,dp,why", [
+    ([[-0.5, -0.2, -0.1]], 2.0, "every slope negative: the numerator is not positive"),
+    ([[0.0, 0.0, 0.0]], 2.0, "zero numerator"),
+    ([[0.3, 0.6, 0.1]], 0.0, "no power chord: the denominator is zero"),
+    ([[0.3, np.inf, 0.1]], 2.0, "infinite slope"),
+])
+def test_beta_is_zero_when_undefined(slopes, dp, why):
+    curves = [_bare_curve(s, dp_dalpha=dp) for s in slopes]
+    assert eq14_beta(curves) == 0.0, why
+
+
+# ---------------------------------------------------------------------------------------------
+# search: per-method thresholds
+
+
+def test_slope_thresholds_are_the_running_maximum_minus_the_power_term():
+    # slope at k = 0..3: running max 0.5, 0.5, 0.9 (the last point is never a threshold)
+    c = _bare_curve([0.5, 0.2, 0.9, 0.4], dp_dalpha=2.0)
+    run_max = [0.5, 0.5, 0.9]
+    got = method_thresholds([c], "lsp", beta=0.1)[0]
+    np.testing.assert_allclose(got, [m - 0.1 * 2.0 for m in run_max], rtol=0, atol=1e-15)
+    # beta defaults to 0; beta0 ignores any beta it is given
+    np.testing.assert_array_equal(method_thresholds([c], "lsp")[0], run_max)
+    np.testing.assert_array_equal(method_thresholds([c], "beta0", beta=0.1)[0], run_max)
+    assert got.dtype == np.float64 and got.shape == (3,)
+
+
+def test_uniform_thresholds_are_the_block_midpoints():
+    c3, c4 = _bare_curve(np.zeros(4)), _bare_curve(np.zeros(5))
+    u3, u4 = method_thresholds([c3, c4], "uniform")
+    np.testing.assert_allclose(u3, [1 / 6, 3 / 6, 5 / 6], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(u4, [1 / 8, 3 / 8, 5 / 8, 7 / 8], rtol=0, atol=1e-15)
+
+
+def test_global_thresholds_are_the_scores_in_pruning_order_as_floats():
+    c = _bare_curve(np.zeros(4), scores=np.array([[3, 1, 2]]))  # integer scores
+    got = method_thresholds([c], "global")[0]
+    assert got.dtype == np.float64
+    assert got.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_unknown_method_is_refused_by_name():
+    with pytest.raises(AllocError, match=r"unknown method 'bogus' \(known: lsp, beta0, "):
+        method_thresholds([_bare_curve(np.zeros(3))], "bogus")
+
+
+# ---------------------------------------------------------------------------------------------
+# search: the FLOPs search
+
+
+def _reference_search(thr, flops, budget):
+    """docs/allocator.md step 8, by brute force: the smallest candidate parameter whose counts
+    meet the budget (a linear scan, no bisection); then, from the counts at the candidate just
+    below it, one block at a time to the layer least advanced along its jump (ties: the
+    lowest layer index) until the budget is met."""
+    n_layers = len(flops)
+
+    def counts(t):
+        return [sum(1 for x in th if x <= t) for th in thr]
+
+    def total(ks):
+        return sum(int(f[k]) for f, k in zip(flops, ks))
+
+    if total([0] * n_layers) <= budget:
+        return [0] * n_layers, None
+    cands = sorted({float(x) for th in thr for x in th})
+    ok = [i for i, t in enumerate(cands) if total(counts(t)) <= budget]
+    if not ok:
+        raise AllocError("unreachable")
+    i = ok[0]
+    start = counts(cands[i - 1]) if i > 0 else [0] * n_layers
+    hi = counts(cands[i])
+    ks = list(start)
+    while total(ks) > budget:
+        movable = [j for j in range(n_layers) if ks[j] < hi[j]]
+        j = min(movable, key=lambda j: ((ks[j] - start[j]) / (hi[j] - start[j]), j))
+        ks[j] += 1
+    return ks, cands[i]
+
+
+def test_search_worked_by_hand():
+    # layer A: thresholds 1, 2 (blocks of 4 and 6 MACs); layer B: 2, 2, 3 (3 MACs each).
+    thr = [np.array([1.0, 2.0]), np.array([2.0, 2.0, 3.0])]
+    flops = [np.array([10, 6, 0]), np.array([9, 6, 3, 0])]
+    # dense 19. At t = 1: A 1, B 0 -> 15; at t = 2: A 2, B 2 -> 3. t = 2 meets 12 and 6.
+    # Budget 12: from (1, 0) at 15, A first (lower index at a tie) -> (2, 0) at 9 <= 12.
+    assert search_allocation(thr, flops, 12) == ([2, 0], 2.0)
+    # Budget 6: A -> 9, then B -> (2, 1) at exactly 6: met, no further block.
+    assert search_allocation(thr, flops, 6) == ([2, 1], 2.0)
+    # Budget 15: t = 1 meets it exactly (A 1 block, nothing moves from (0, 0) beyond it).
+    assert search_allocation(thr, flops, 15) == ([1, 0], 1.0)
+    # Budget 14.5: t = 1 gives 15 > 14.5, so t = 2, starting from (1, 0).
+    assert search_allocation(thr, flops, 14.5) == ([2, 0], 2.0)
+    # Budget 0: everything; budget exactly the fully pruned total is reachable.
+    assert search_allocation(thr, flops, 0) == ([2, 3], 3.0)
+    flops_floor = [np.array([10, 6, 1]), np.array([9, 6, 3, 1])]
+    assert search_allocation(thr, flops_floor, 2) == ([2, 3], 3.0)
+    with pytest.raises(AllocError, match="FLOPs target cannot be reached even with every "
+                                         "block pruned"):
+        search_allocation(thr, flops_floor, 1.5)
+
+
+def test_search_moves_the_least_advanced_layer_first():
+    # both layers jump at t = 1: A by 4 blocks, B by 2. From (0, 0) at 24: A (tie, lower index)
+    # -> 22, B -> 20 (B half way, A a quarter), A -> 18, A -> 16 (A half way: tie with B,
+    # A has the lower index) ...
+    thr = [np.ones(4), np.ones(2)]
+    flops = [np.array([8, 6, 4, 2, 0]), np.array([16, 14, 12])]
+    assert search_allocation(thr, flops, 22) == ([1, 0], 1.0)
+    assert search_allocation(thr, flops, 20) == ([1, 1], 1.0)
+    assert search_allocation(thr, flops, 18) == ([2, 1], 1.0)
+    assert search_allocation(thr, flops, 16) == ([3, 1], 1.0)
+    assert search_allocation(thr, flops, 14) == ([3, 2], 1.0)
+
+
+def test_search_matches_a_brute_force_reference():
+    rng = np.random.default_rng(11)
+    for _ in range(400):
+        n_layers = int(rng.integers(1, 5))
+        thr, flops = [], []
+        for _ in range(n_layers):
+            nb = int(rng.integers(1, 7))
+            thr.append(np.sort(rng.integers(0, 5, nb).astype(float)))  # ties on purpose
+            per = rng.integers(1, 9, nb)
+            flops.append(np.concatenate([[per.sum()], per.sum() - np.cumsum(per)]))
+        dense = sum(int(f[0]) for f in flops)
+        # integer budgets land exactly on reachable totals often; a few fractional ones
+        budget = int(rng.integers(0, dense + 1)) + (0.5 if rng.random() < 0.2 else 0)
+        want = _reference_search(thr, flops, budget)
+        assert search_allocation(thr, flops, budget) == want, (thr, flops, budget)
+
+
+# ---------------------------------------------------------------------------------------------
+# numerics: finite-difference weights and slopes
+
+
+def test_fd_weights_on_two_and_three_points():
+    # two points: the forward difference f(1) - f(0); three: centred and one-sided
+    np.testing.assert_allclose(fd_weights([0, 1]), [-1.0, 1.0], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(fd_weights([-1, 0, 1]), [-0.5, 0.0, 0.5], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(fd_weights([0, 1, 2]), [-1.5, 2.0, -0.5], rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("offsets", [[0], [], [1, 1], [0, 2, 2]])
+def test_fd_weights_refuses_fewer_than_two_distinct_points(offsets):
+    with pytest.raises(ValueError, match=rf"need at least two distinct offsets, got "
+                                         rf"{re_list(offsets)}"):
+        fd_weights(offsets)
+
+
+def re_list(xs) -> str:
+    import re
+
+    return re.escape(str(list(xs)))
+
+
+def test_slope_default_spacing_is_one_sample():
+    assert slope_5pt(3.0 * np.arange(9) + 2.0) == pytest.approx(np.full(9, 3.0), rel=1e-12)
+
+
+def test_slope_refuses_a_single_sample():
+    with pytest.raises(ValueError, match="need at least 2 samples for a slope, got 1"):
+        slope_5pt(np.array([1.0]))
+    with pytest.raises(ValueError, match="got 0"):
+        slope_5pt(np.array([]))
+
+
+@pytest.mark.parametrize("n", [6, 7, 9, 12])
+def test_slope_stencils_read_only_their_five_samples(n):
+    # The ends use the one-sided stencils on the five end samples, the interior the centred
+    # stencil on y[i-2..i+2] (docs/allocator.md step 4): a change to one sample moves exactly
+    # the slopes whose window holds it. A wider or shifted window would be just as exact on
+    # polynomials, so only this locality tells them apart.
+    base = np.sin(np.arange(n) * 0.7)
+    s0 = slope_5pt(base)
+    for j in range(n):
+        y = base.copy()
+        y[j] += 1.0
+        moved = np.flatnonzero(np.abs(slope_5pt(y) - s0) > 1e-12).tolist()
+        want = sorted(i for i in range(n) if j in _window(i, n))
+        assert moved == want, (j, moved, want)
+
+
+def _window(i: int, n: int) -> list[int]:
+    if 2 <= i <= n - 3:  # the centred stencil (1, -8, 0, 8, -1) / 12 skips y[i] itself
+        return [i - 2, i - 1, i + 1, i + 2]
+    return list(range(0, 5) if i < 2 else range(n - 5, n))
+
+
+def test_slope_end_values_by_hand():
+    # y = k^2 on 6 points: the slope 2k is exact at every index (degree 2 <= 4)
+    y = np.arange(6.0) ** 2
+    np.testing.assert_allclose(slope_5pt(y), 2 * np.arange(6.0), rtol=0, atol=1e-12)
+    # two and three samples: the stencil through all of them
+    np.testing.assert_allclose(slope_5pt(np.array([1.0, 4.0])), [3.0, 3.0], atol=1e-14)
+    np.testing.assert_allclose(slope_5pt(np.array([0.0, 1.0, 4.0])), [0.0, 2.0, 4.0],
+                               atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# numerics: EMA smoothing against a direct weighted least-squares fit
+
+
+def _reference_smooth(y: np.ndarray, half_life: float) -> np.ndarray:
+    """docs/allocator.md step 4 written out: at each k, the value at k of the straight line
+    fitted by least squares with weights gamma^|j-k| over the whole curve."""
+    n = len(y)
+    gamma = 0.5 ** (1.0 / half_life)
+    j = np.arange(n, dtype=float)
+    out = np.empty(n)
+    for k in range(n):
+        sw = np.sqrt(gamma ** np.abs(j - k))
+        a = np.stack([np.ones(n), j - k], axis=1) * sw[:, None]
+        coef, *_ = np.linalg.lstsq(a, y * sw, rcond=None)
+        out[k] = coef[0]
+    return out
+
+
+@pytest.mark.parametrize("n,half_life", [(3, 1.0), (3, 0.7), (4, 5.0), (5, 2.5), (7, 0.3),
+                                         (20, 3.0), (40, 1000.0)])
+def test_smoothing_is_the_local_weighted_line(n, half_life):
+    rng = np.random.default_rng(n)
+    y = np.cumsum(rng.normal(size=n)) + rng.normal(size=n) ** 2  # not a line
+    got = ema_smooth(y, half_life)
+    want = _reference_smooth(y, half_life)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * (1 + np.abs(y).max()))
+    assert np.abs(got - y).max() > 1e-3  # it really smooths
+
+
+def test_smoothing_long_curve_through_the_fft_path():
+    # n x kernel length above 2^20: the FFT correlation, checked against the direct fit
+    n = 1100
+    x = np.linspace(0.0, 1.0, n)
+    y = np.sin(7 * x) + 0.1 * np.cos(40 * x)
+    got = ema_smooth(y, 200.0)
+    want = _reference_smooth(y, 200.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_smoothing_short_curves_and_tiny_half_lives_are_copies():
+    y2 = np.array([1.0, 5.0])
+    out = ema_smooth(y2, 3.0)
+    np.testing.assert_array_equal(out, y2)
+    assert out is not y2
+    y = np.array([0.0, 3.0, -1.0, 2.0])
+    # half-life 0.02 samples: gamma = 2^-50, far below 1e-9: the weights are one spike
+    np.testing.assert_array_equal(ema_smooth(y, 0.02), y)
+
+
+@pytest.mark.parametrize("bad", [-1.0, -1e-300, float("inf"), float("nan")])
+def test_smoothing_refuses_negative_or_non_finite_half_lives(bad):
+    with pytest.raises(ValueError, match=r"half_life must be a finite number >= 0, got "):
+        ema_smooth(np.arange(5.0), bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# numerics: block sums and the distortion curve
+
+
+def test_block_reduce_by_hand_with_edge_blocks():
+    a = np.arange(15.0).reshape(3, 5)  # rows 0..2, 2x2 blocks: a 2x3 grid, edges padded
+    grid = BlockGrid(3, 5, 2, 2)
+    want = np.array([[0 + 1 + 5 + 6, 2 + 3 + 7 + 8, 4 + 9],
+                     [10 + 11, 12 + 13, 14]], dtype=float)
+    np.testing.assert_array_equal(block_reduce(a, grid), want)
+    # an exact fit needs no padding
+    np.testing.assert_array_equal(block_reduce(np.ones((4, 4)), BlockGrid(4, 4, 2, 2)),
+                                  np.full((2, 2), 4.0))
+
+
+def test_block_reduce_refuses_a_shape_off_the_grid():
+    with pytest.raises(ValueError, match=r"array of shape \(3, 4\) does not match the grid "
+                                         r"\(3, 5\)"):
+        block_reduce(np.zeros((3, 4)), BlockGrid(3, 5, 2, 2))
+
+
+def _direct_delta(s, w_sq, kappa, order, grad_dot=None):
+    """delta(k) of docs/allocator.md step 3 without the incremental update: with P the first k
+    blocks of ``order``, (1/2N) sum_n (sum_{b in P} s[n,b])^2 + kappa/2 sum_P ||W_b||^2
+    - sum_P <gbar_b, W_b>. ``w_sq`` and ``grad_dot`` in flat block order."""
+    n = s.shape[0]
+    out = []
+    for k in range(len(order) + 1):
+        p = list(order[:k])
+        d = 0.5 * np.sum(s[:, p].sum(axis=1) ** 2) / n + 0.5 * kappa * w_sq[p].sum()
+        if grad_dot is not None:
+            d -= grad_dot[p].sum()
+        out.append(d)
+    return np.array(out)
+
+
+def test_distortion_curve_matches_the_direct_sum_in_float64_whatever_the_input_dtype():
+    rng = np.random.default_rng(4)
+    s = rng.normal(size=(5, 6)).astype(np.float32)
+    w_sq = rng.random(6).astype(np.float32)
+    gd = rng.normal(size=6).astype(np.float32)
+    order = np.array([3, 0, 5, 1, 4, 2])
+    want = _direct_delta(s.astype(np.float64), w_sq.astype(np.float64), 0.7, order,
+                         gd.astype(np.float64))
+    got = distortion_curve(s, w_sq[order], 0.7, order, grad_dot=gd[order])
+    assert got.dtype == np.float64 and got.shape == (7,)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_distortion_curve_chunks_of_one_sample_give_the_same_curve():
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(7, 4))
+    w_sq = rng.random(4)
+    want = _direct_delta(s, w_sq, 0.2, np.arange(4))
+    for max_elements in (1, 4, 8, 27, 1 << 22):
+        got = distortion_curve(s, w_sq, 0.2, max_elements=max_elements)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_sums=np.zeros(4)), r"block_sums must be \(N, B\), got shape \(4,\)"),
+    (dict(block_sums=np.zeros((2, 3, 1))), r"block_sums must be \(N, B\), got shape \(2, 3, 1\)"),
+    (dict(block_sums=np.zeros((0, 3))), "^block_sums has no samples$"),
+    (dict(w_sq=np.ones(4)), "^w_sq and order must have one entry per block$"),
+    (dict(order=np.arange(2)), "^w_sq and order must have one entry per block$"),
+    (dict(grad_dot=np.ones(2)), "^grad_dot must have one entry per block$"),
+])
+def test_distortion_curve_refuses_inconsistent_inputs(kwargs, match):
+    args = dict(block_sums=np.ones((2, 3)), w_sq=np.ones(3), kappa=0.1, order=np.arange(3),
+                grad_dot=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        distortion_curve(args.pop("block_sums"), args.pop("w_sq"), args.pop("kappa"), **args)
+
+
+def test_single_block_delta_by_hand():
+    # two samples, three blocks: 1/(2N) sum_n s^2 + kappa/2 ||W_b||^2 - <gbar_b, W_b>
+    s = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, -0.5]])
+    w_sq = np.array([2.0, 4.0, 8.0])
+    kappa = 0.5
+    want = np.array([(1 + 9) / 4 + 0.5, 4 / 4 + 1.0, 0.5 / 4 + 2.0])
+    np.testing.assert_allclose(single_block_delta(s, w_sq, kappa), want, rtol=1e-15)
+    gd = np.array([0.25, -1.0, 0.0])
+    np.testing.assert_allclose(single_block_delta(s, w_sq, kappa, grad_dot=gd), want - gd,
+                               rtol=1e-15)
+    # sample chunks do not change it; float32 inputs are summed in float64
+    for max_elements in (1, 3, 6):
+        np.testing.assert_allclose(single_block_delta(s, w_sq, kappa, grad_dot=gd,
+                                                      max_elements=max_elements),
+                                   want - gd, rtol=1e-15)
+    rng = np.random.default_rng(8)
+    s32, w32, g32 = (rng.normal(size=(9, 5)).astype(np.float32),
+                     rng.random(5).astype(np.float32), rng.normal(size=5).astype(np.float32))
+    want32 = (0.5 * (s32.astype(np.float64) ** 2).sum(axis=0) / 9
+              + 0.5 * 0.3 * w32.astype(np.float64) - g32.astype(np.float64))
+    got32 = single_block_delta(s32, w32, 0.3, grad_dot=g32)
+    assert got32.dtype == np.float64
+    np.testing.assert_allclose(got32, want32, rtol=1e-14, atol=1e-14)
