@@ -406,3 +406,171 @@ def test_single_block_delta_by_hand():
     got32 = single_block_delta(s32, w32, 0.3, grad_dot=g32)
     assert got32.dtype == np.float64
     np.testing.assert_allclose(got32, want32, rtol=1e-14, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# curves: one layer's scores, order, distortion, slope, FLOPs and energy
+
+
+def _cfg2(vita):
+    return vita.with_overrides(block="2x2")
+
+
+def _layer_stats(k=3, n=5, m=7, n_samples=4, seed=0, grad=True, n_blocks=None):
+    """A (K, N) layer with 2x2 blocks (edge blocks padded for K = 3, N = 5)."""
+    rng = np.random.default_rng(seed)
+    nb = BlockGrid(k, n, 2, 2).n_blocks if n_blocks is None else n_blocks
+    return LayerStats(shape=GemmShape("blocks.0.mlp.fc1", m, n, k),
+                      weight=rng.normal(size=(k, n)).astype(np.float32),
+                      grad_mean=rng.normal(size=(k, n)).astype(np.float32) if grad else None,
+                      block_sums=rng.normal(size=(n_samples, nb)))
+
+
+def _per_block(a: np.ndarray, bk: int = 2, bn: int = 2) -> np.ndarray:
+    """Element sums per block, flat row-major, by explicit loops over the real elements."""
+    k, n = a.shape
+    kb, nb = -(-k // bk), -(-n // bn)
+    out = np.zeros(kb * nb)
+    for r in range(k):
+        for c in range(n):
+            out[(r // bk) * nb + c // bn] += a[r, c]
+    return out
+
+
+def _stable_order(scores: np.ndarray) -> np.ndarray:
+    flat = scores.ravel()
+    return np.array(sorted(range(flat.size), key=lambda b: (flat[b], b)))
+
+
+def test_layer_curve_by_its_formulas(vita):
+    cfg = _cfg2(vita)
+    st = _layer_stats()
+    kappa = 0.3
+    c = layer_curve(st, cfg, kappa=kappa, smooth=0.0)
+    w = st.weight.astype(np.float64)
+    w_sq = _per_block(w * w)
+    s = st.block_sums
+    # default options: empirical, first-order off, delta score
+    want_scores = 0.5 * (s ** 2).mean(axis=0) + 0.5 * kappa * w_sq
+    assert c.scores.shape == (2, 3)
+    np.testing.assert_allclose(c.scores.ravel(), want_scores, rtol=1e-12)
+    np.testing.assert_array_equal(c.order, _stable_order(c.scores))
+    np.testing.assert_allclose(c.delta, _direct_delta(s, w_sq, kappa, c.order), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_array_equal(c.delta_smooth, c.delta)  # smooth 0: no smoothing
+    # MACs: block elements [[4, 4, 2], [2, 2, 1]] (15 = K N); M = 7 per kept element
+    elems = np.array([4, 4, 2, 2, 2, 1])[c.order]
+    want_flops = 7 * (15 - np.concatenate([[0], np.cumsum(elems)]))
+    assert np.issubdtype(c.flops.dtype, np.integer)
+    np.testing.assert_array_equal(c.flops, want_flops)
+    assert c.flops[0] == 7 * 3 * 5 and c.flops[-1] == 0
+    # energy and cycles: the cycle/energy model's curves for this pruning order
+    hw = layer_curves(cfg, 7, 5, 3, c.order)
+    np.testing.assert_array_equal(c.energy_pj, hw["energy_pj"])
+    np.testing.assert_array_equal(c.cycles, hw["cycles"])
+    assert c.dp_dalpha == pytest.approx(hw["energy_pj"][0] - hw["energy_pj"][-1], rel=1e-12)
+    assert c.dp_dalpha > 0
+    assert c.shape is st.shape and c.grid == BlockGrid(3, 5, 2, 2) and c.n_blocks == 6
+    assert c.name == "blocks.0.mlp.fc1"
+    np.testing.assert_allclose(c.alpha, np.arange(7) / 6)
+
+
+def test_layer_curve_slope_is_per_unit_of_pruning_ratio(vita):
+    # every block sum c and every ||W_b||^2 = 4 (W all ones, no edge blocks): the scores tie,
+    # the order is the flat one, delta(k) = (k c)^2 / 2 + 2 kappa k, a quadratic, so the slope
+    # d delta / d alpha = B (k c^2 + 2 kappa) exactly (alpha = k / B).
+    cfg = _cfg2(vita)
+    cval, kappa, nb = 0.5, 0.25, 6
+    st = LayerStats(shape=GemmShape("q", 3, 6, 4), weight=np.ones((4, 6), np.float32),
+                    grad_mean=None, block_sums=np.full((3, nb), cval))
+    c = layer_curve(st, cfg, kappa=kappa, smooth=0.0)
+    k = np.arange(nb + 1)
+    np.testing.assert_array_equal(c.order, np.arange(nb))
+    np.testing.assert_allclose(c.delta, (k * cval) ** 2 / 2 + 2 * kappa * k, rtol=1e-13)
+    np.testing.assert_allclose(c.slope, nb * (k * cval ** 2 + 2 * kappa), rtol=1e-10)
+
+
+def test_layer_curve_smooths_with_a_half_life_in_blocks(vita):
+    cfg = _cfg2(vita)
+    st = _layer_stats(k=6, n=6, n_samples=3, seed=2)  # 9 blocks
+    raw = layer_curve(st, cfg, kappa=0.1, smooth=0.0)
+    c = layer_curve(st, cfg, kappa=0.1, smooth=0.5)  # half-life 0.5 x 9 blocks = 4.5 samples
+    np.testing.assert_array_equal(c.delta, raw.delta)
+    np.testing.assert_allclose(c.delta_smooth, _reference_smooth(raw.delta, 4.5), rtol=0,
+                               atol=1e-9 * np.abs(raw.delta).max())
+    np.testing.assert_allclose(c.slope, slope_5pt(c.delta_smooth, 1.0 / 9), rtol=1e-12)
+    assert np.abs(c.delta_smooth - c.delta).max() > 1e-6
+
+
+def test_layer_curve_first_order_term(vita):
+    cfg = _cfg2(vita)
+    st = _layer_stats(seed=3)
+    w = st.weight.astype(np.float64)
+    gd = _per_block(w * st.grad_mean.astype(np.float64))
+    w_sq = _per_block(w * w)
+    s = st.block_sums
+    opts = CurvatureOptions.resolve(first_order="on")
+    c = layer_curve(st, cfg, kappa=0.2, smooth=0.0, options=opts)
+    want_scores = 0.5 * (s ** 2).mean(axis=0) + 0.1 * w_sq - gd
+    np.testing.assert_allclose(c.scores.ravel(), want_scores, rtol=1e-12)
+    np.testing.assert_array_equal(c.order, _stable_order(c.scores))
+    np.testing.assert_allclose(c.delta, _direct_delta(s, w_sq, 0.2, c.order, gd), rtol=1e-12,
+                               atol=1e-12)
+    # block_scores on its own: the same, shaped like the grid
+    bs = block_scores(st, BlockGrid(3, 5, 2, 2), 0.2, Score.DELTA, gd, w_sq)
+    assert bs.shape == (2, 3)
+    np.testing.assert_allclose(bs.ravel(), want_scores, rtol=1e-12)
+
+
+def test_layer_curve_taylor_score_is_the_mean_over_real_elements(vita):
+    cfg = _cfg2(vita)
+    st = _layer_stats(seed=4)
+    a = np.abs(st.weight.astype(np.float64) * st.grad_mean.astype(np.float64))
+    want = _per_block(a) / np.array([4, 4, 2, 2, 2, 1])  # edge blocks have fewer elements
+    c = layer_curve(st, cfg, kappa=0.2, smooth=0.0,
+                    options=CurvatureOptions.resolve(score="taylor"))
+    np.testing.assert_allclose(c.scores.ravel(), want, rtol=1e-12)
+    np.testing.assert_array_equal(c.order, _stable_order(c.scores))
+    # the curve itself still has no first-order term
+    w = st.weight.astype(np.float64)
+    np.testing.assert_allclose(c.delta, _direct_delta(st.block_sums, _per_block(w * w), 0.2,
+                                                      c.order), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_curve_order_is_stable_among_tied_scores(vita):
+    # 64 blocks whose scores take three values: ties go in flat order (a non-stable sort of
+    # this many elements does not keep them)
+    cfg = _cfg2(vita)
+    rng = np.random.default_rng(9)
+    s = np.repeat(rng.integers(0, 3, 64)[None, :].astype(float), 2, axis=0)
+    st = LayerStats(shape=GemmShape("t", 2, 64, 4), weight=np.ones((4, 64), np.float32),
+                    grad_mean=None, block_sums=s)
+    c = layer_curve(st, cfg, kappa=0.0, smooth=0.0)
+    np.testing.assert_array_equal(c.order, _stable_order(s[0]))
+
+
+def test_layer_curve_default_options_and_kappa(vita):
+    cfg = _cfg2(vita)
+    st = _layer_stats(seed=5)
+    c = layer_curve(st, cfg)  # kappa 1e-7, smooth 0.01 of 6 blocks, delta score, no gbar
+    w = st.weight.astype(np.float64)
+    want = 0.5 * (st.block_sums ** 2).mean(axis=0) + 0.5e-7 * _per_block(w * w)
+    np.testing.assert_allclose(c.scores.ravel(), want, rtol=1e-12)
+
+
+def test_layer_curve_refusals_name_the_layer(vita):
+    cfg = _cfg2(vita)
+    with pytest.raises(AllocError, match=r"^layer blocks.0.mlp.fc1: statistics have 5 blocks, "
+                                         r"the config's block 2x2 gives 6$"):
+        layer_curve(_layer_stats(n_blocks=5), cfg)
+    no_grad = _layer_stats(grad=False)
+    with pytest.raises(AllocError, match=r"^layer blocks.0.mlp.fc1: the first-order term needs "
+                                         r"the mean gradient, which this calibration did not "
+                                         r"collect$"):
+        layer_curve(no_grad, cfg, options=CurvatureOptions.resolve(first_order="on"))
+    with pytest.raises(AllocError, match=r"^layer blocks.0.mlp.fc1: the Taylor score needs the "
+                                         r"mean gradient, which this calibration did not "
+                                         r"collect$"):
+        layer_curve(no_grad, cfg, options=CurvatureOptions.resolve(score="taylor"))
+    # the delta score without the first-order term needs no gradient
+    assert layer_curve(no_grad, cfg).n_blocks == 6
