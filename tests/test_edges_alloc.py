@@ -9,6 +9,7 @@ the mutation run of issue 11: each test says which property it pins.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -574,3 +575,260 @@ def test_layer_curve_refusals_name_the_layer(vita):
         layer_curve(no_grad, cfg, options=CurvatureOptions.resolve(score="taylor"))
     # the delta score without the first-order term needs no gradient
     assert layer_curve(no_grad, cfg).n_blocks == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# verify: quantise, compile, run on the ISS, judge (bit- and cycle-exact)
+
+from lsp_codesign.cycle_model import estimate_layer  # noqa: E402
+from lsp_codesign.errors import LspError  # noqa: E402
+from lsp_codesign.isa import COUNTERS  # noqa: E402
+from lsp_codesign.masks_io import MaskSet  # noqa: E402
+from lsp_codesign.quant import quantize_activations, quantize_weights  # noqa: E402
+from lsp_codesign.table import format_markdown, format_table  # noqa: E402
+from lsp_codesign.verify import (LayerCheck, VerifyResult, iss_runner, sample_layers,  # noqa: E402
+                                 verify_layers)
+from tests.conftest import tiny_config  # noqa: E402
+
+_GEMMS = {"a": (5, 8, 8), "b": (3, 4, 6)}
+_MASKS = {"a": np.array([[True, False], [True, True]]), "b": np.array([[True], [False]])}
+
+
+def _elem_mask(mask: np.ndarray, k: int, n: int) -> np.ndarray:
+    return np.kron(mask, np.ones((4, 4), dtype=bool))[:k, :n]
+
+
+def _verify_case(seed=0):
+    """Two small layers on a 4x4 block config: real-valued inputs and masked weights."""
+    cfg = tiny_config("4x4")
+    ms = MaskSet("tiny", 4, 4, ("a", "b"), dict(_GEMMS), dict(_MASKS))
+    rng = np.random.default_rng(seed)
+    inputs = {nm: rng.normal(size=(m, n)) for nm, (m, n, k) in _GEMMS.items()}
+    weights = {nm: rng.normal(size=(k, n)) * _elem_mask(_MASKS[nm], k, n)
+               for nm, (m, n, k) in _GEMMS.items()}
+    return cfg, ms, inputs, weights
+
+
+class _Recorder:
+    """The ISS runner, recording the programs it is given and corrupting results on request."""
+
+    def __init__(self, edit=None):
+        self.programs, self.edit = None, edit
+
+    def __call__(self, cfg, programs, progress=False):
+        self.programs = list(programs)
+        res = iss_runner(cfg, programs)
+        return self.edit(res) if self.edit else res
+
+
+def test_verify_layers_judges_each_layer_against_numpy_and_the_model():
+    cfg, ms, inputs, weights = _verify_case()
+    run = _Recorder()
+    checks = verify_layers(cfg, ms, ["a", "b"], inputs, weights, runner=run, progress=False)
+    # dense twins by default: the sparse programs first, then the dense ones, in order
+    assert [p.extra["name"] for p in run.programs] == ["a", "b", "a dense", "b dense"]
+    assert [lc.name for lc in checks] == ["a", "b"]
+    for lc in checks:
+        m, n, k = _GEMMS[lc.name]
+        mask = _MASKS[lc.name]
+        est, dense = estimate_layer(cfg, m, n, k, mask), estimate_layer(cfg, m, n, k, None)
+        assert (lc.m, lc.n, lc.k) == (m, n, k)
+        assert (lc.kept_blocks, lc.total_blocks) == (int(mask.sum()), mask.size)
+        assert lc.ok and lc.y_match and lc.counters_match
+        assert lc.error is None and lc.first_diff is None and lc.counter_diffs == []
+        assert lc.rtl_cycles == lc.model_cycles == est.cycles
+        assert lc.dense_rtl_cycles == lc.dense_model_cycles == dense.cycles
+        want = {c: int(est.counters[c]) for c in COUNTERS}
+        assert lc.counters_rtl == want and lc.counters_model == want
+        # quantisation error of the int8 layer against the float layer, worked out directly
+        xq, xs = quantize_activations(inputs[lc.name])
+        wq, ws = quantize_weights(weights[lc.name])
+        wq_kept = wq.astype(np.int64) * _elem_mask(mask, k, n)
+        y_deq = (xq.astype(np.int64) @ wq_kept.T) * xs * ws[None, :]
+        y_float = inputs[lc.name] @ weights[lc.name].T
+        rel = np.abs(y_deq - y_float).max() / np.abs(y_float).max()
+        assert lc.float_rel_err == pytest.approx(rel, rel=1e-9)
+        assert 0 < lc.float_rel_err < 0.05
+        assert lc.measured_speedup == pytest.approx(dense.cycles / est.cycles)
+
+
+def test_verify_layers_without_dense_twins():
+    cfg, ms, inputs, weights = _verify_case()
+    run = _Recorder()
+    checks = verify_layers(cfg, ms, ["b"], inputs, weights, runner=run, dense=False,
+                           progress=False)
+    assert [p.extra["name"] for p in run.programs] == ["b"]
+    (lc,) = checks
+    assert lc.ok and lc.dense_rtl_cycles is None and lc.measured_speedup is None
+    assert lc.dense_model_cycles == estimate_layer(cfg, 3, 4, 6, None).cycles
+
+
+def test_verify_layers_names_what_differs_in_the_dense_twin():
+    cfg, ms, inputs, weights = _verify_case()
+    stop = r"engine stopped with error \w+ \(code 1\)"
+    diff = r"first differing element Y\[0, 0\] \(token tile 0, block row 0\): ISS -?\d+, " \
+           r"numpy -?\d+; 1 of 40 elements differ"
+
+    def dense_only(res):
+        res[2].y_words[0] ^= 1                                     # a dense: one bit of Y[0, 0]
+        res[3] = replace(res[3], error=True, err_code=1)           # b dense: stopped
+        res[3].counters["cycles"] += 1                             # b dense: one cycle more
+        return res
+
+    a, b = verify_layers(cfg, ms, ["a", "b"], inputs, weights, runner=_Recorder(dense_only),
+                         progress=False, who="ISS")
+    assert a.y_match and a.counters_match and not a.ok
+    assert re.fullmatch(f"dense run: {diff}", a.error), a.error
+    assert re.fullmatch(f"dense run: {stop}", b.error), b.error
+    dense_b = estimate_layer(cfg, 3, 4, 6, None).cycles
+    assert b.dense_rtl_cycles == dense_b + 1
+    assert b.counter_diffs == [f"dense cycles: ISS {dense_b + 1}, model {dense_b}"]
+    assert not b.counters_match and b.y_match
+
+    def both(res):
+        res[0] = replace(res[0], error=True, err_code=1)           # a: stopped
+        res[1].y_words[0] ^= 1                                     # a dense: one bit of Y[0, 0]
+        res[1] = replace(res[1], error=True, err_code=1)           # a dense: stopped as well
+        return res
+
+    (a,) = verify_layers(cfg, ms, ["a"], inputs, weights, runner=_Recorder(both),
+                         progress=False, who="ISS")
+    assert re.fullmatch(f"{stop}; dense run: {diff}; dense run: {stop}", a.error), a.error
+    assert a.y_match and a.counters_match and a.counter_diffs == []
+
+
+def test_verify_layers_default_runner_name_is_rtl():
+    cfg, ms, inputs, weights = _verify_case()
+
+    def slow(res):
+        res[0].counters["cycles"] += 1
+        return res
+
+    (lc,) = verify_layers(cfg, ms, ["a"], inputs, weights, runner=_Recorder(slow),
+                          progress=False)
+    c = estimate_layer(cfg, 5, 8, 8, _MASKS["a"]).cycles
+    assert lc.counter_diffs == [f"cycles: RTL {c + 1}, model {c}"]
+    assert lc.rtl_cycles == c + 1 and lc.counters_rtl["cycles"] == c + 1
+    assert lc.counters_model["cycles"] == c and not lc.ok
+
+
+def test_verify_layers_refusals():
+    cfg, ms, inputs, weights = _verify_case()
+    with pytest.raises(LspError, match=r"^simulator returned 3 results for 4 programs$"):
+        verify_layers(cfg, ms, ["a", "b"], inputs, weights, progress=False,
+                      runner=_Recorder(lambda res: res[:3]))
+    bad = dict(inputs, b=np.zeros((4, 4)))
+    with pytest.raises(LspError, match=r"^b: captured input is \(4, 4\), the masks say M=3, "
+                                       r"N=4$"):
+        verify_layers(cfg, ms, ["a", "b"], bad, weights, runner=iss_runner, progress=False)
+    # a layer the config cannot hold: the compiler's message, plus the config when named
+    small = tiny_config("4x4", dram_mib=0.0005)
+    with pytest.raises(LspError, match=r"dram.capacity_mib\) \(config runs/x/hw.yaml\)$"):
+        verify_layers(small, ms, ["a"], inputs, weights, runner=iss_runner, progress=False,
+                      where="runs/x/hw.yaml")
+    with pytest.raises(LspError, match=r"\(dram.capacity_mib\)$"):
+        verify_layers(small, ms, ["a"], inputs, weights, runner=iss_runner, progress=False)
+
+
+def test_verify_layers_refuses_an_engine_without_rtl(tpu):
+    cfg, ms, inputs, weights = _verify_case()
+    cfg_sys = tpu.with_overrides(block="4x4")
+    tail = "a systolic config; only the block_sparse engine has RTL to verify against$"
+    with pytest.raises(LspError, match=rf"^{re.escape(cfg_sys.name)}: {tail}"):
+        verify_layers(cfg_sys, ms, ["a"], inputs, weights, runner=iss_runner, progress=False)
+    with pytest.raises(LspError, match=rf"^runs/x/hw.yaml: {tail}"):
+        verify_layers(cfg_sys, ms, ["a"], inputs, weights, runner=iss_runner, progress=False,
+                      where="runs/x/hw.yaml")
+
+
+# -- sampling the layers to verify
+
+
+def test_sample_layers_bounds_and_order():
+    order = [f"l{i}" for i in range(10)]
+    assert sample_layers(order, "all") == order
+    assert sample_layers(order, "10") == order         # every layer: the upper bound
+    for seed in range(20):
+        one = sample_layers(order, "1", seed=seed)     # the lower bound
+        assert len(one) == 1 and one[0] in order
+        four = sample_layers(order, "4", seed=seed)
+        assert len(set(four)) == 4 and four == [x for x in order if x in four]
+    assert sample_layers(order, "4") == sample_layers(order, "4", seed=0)  # default seed 0
+    assert len({tuple(sample_layers(order, "4", seed=s)) for s in range(20)}) > 1
+    with pytest.raises(LspError, match=r"^--layers: 0 is not between 1 and the 10 layers of "
+                                       r"the run$"):
+        sample_layers(order, "0")
+    with pytest.raises(LspError, match=r"^--layers: 11 is not between 1 and the 10 layers"):
+        sample_layers(order, "11")
+    with pytest.raises(LspError, match=r"^--layers: expected 'all' or a positive number, got "
+                                       r"'ALL'$"):
+        sample_layers(order, "ALL")
+
+
+# -- the verdict's totals, JSON record and table
+
+
+def _lc(name, rtl, model, dense_rtl, dense_model, *, y=True, counters=True, mnk=(5, 8, 8),
+        kept=(3, 4)):
+    return LayerCheck(name=name, m=mnk[0], n=mnk[1], k=mnk[2], kept_blocks=kept[0],
+                      total_blocks=kept[1], y_match=y, counters_match=counters,
+                      rtl_cycles=rtl, model_cycles=model, dense_rtl_cycles=dense_rtl,
+                      dense_model_cycles=dense_model, counters_rtl={"cycles": rtl},
+                      counters_model={"cycles": model})
+
+
+_HDR = ["layer", "MxN->K", "kept", "RTL cycles", "model cycles", "dense RTL", "speedup", "Y",
+        "counters"]
+
+
+def test_verify_totals_and_table_worked_by_hand():
+    a = _lc("a", 1000, 1000, 3000, 2500)
+    b = _lc("b", 500, 600, 1000, 1800, y=False, counters=False, mnk=(3, 4, 6), kept=(1, 2))
+    res = VerifyResult(run_dir="runs/x", sim="iss", config={"name": "c"}, layers=[a, b],
+                       wall_s=1.5)
+    t = res.totals()
+    assert t == {"layers": 2, "ok": False, "layers_failed": ["b"], "rtl_cycles": 1500,
+                 "model_cycles": 1600, "dense_model_cycles": 4300,
+                 "model_speedup": pytest.approx(4300 / 1600), "dense_rtl_cycles": 4000,
+                 "measured_speedup": pytest.approx(4000 / 1500),
+                 "speedup_rel_diff": pytest.approx((4000 / 1500) / (4300 / 1600) - 1)}
+    rows = [["a", "5x8->8", "3/4", "1,000", "1,000", "3,000", "3.00x", "bit-exact", "equal"],
+            ["b", "3x4->6", "1/2", "500", "600", "1,000", "2.00x", "MISMATCH", "MISMATCH"]]
+    total = ["TOTAL", "", "", "1,500", "1,600", "4,000", "2.67x", "FAIL", "FAIL"]
+    assert res.table() == format_table(_HDR, rows, left=2, total=total)
+    assert res.table("text") == res.table()
+    assert res.table("markdown") == format_markdown(_HDR, rows, left=2, total=total)
+    # all good: the totals row says ok
+    good = VerifyResult("runs/x", "iss", {}, [a], 0.1)
+    assert good.table().splitlines()[-1].split()[-2:] == ["ok", "ok"]
+    assert good.totals()["ok"] is True and good.totals()["layers_failed"] == []
+    # the JSON record
+    d = res.to_dict()
+    assert set(d) == {"run_dir", "sim", "config", "wall_s", "totals", "layers"}
+    assert (d["run_dir"], d["sim"], d["config"], d["wall_s"]) == ("runs/x", "iss",
+                                                                  {"name": "c"}, 1.5)
+    assert d["totals"] == t
+    assert d["layers"][0]["ok"] is True and d["layers"][1]["ok"] is False
+    assert d["layers"][0]["measured_speedup"] == pytest.approx(3.0)
+    assert d["layers"][1]["model_speedup"] == pytest.approx(3.0)
+    assert d["layers"][1]["rtl_cycles"] == 500 and d["layers"][1]["name"] == "b"
+
+
+def test_verify_totals_when_a_dense_run_or_a_cycle_count_is_missing():
+    a = _lc("a", 1000, 1000, 3000, 2500)
+    no_dense = _lc("b", 500, 600, None, 1800)
+    res = VerifyResult("r", "iss", {}, [a, no_dense], 0.0)
+    t = res.totals()
+    assert not {"dense_rtl_cycles", "measured_speedup", "speedup_rel_diff"} & set(t)
+    assert t["ok"] is True
+    rows = [["a", "5x8->8", "3/4", "1,000", "1,000", "3,000", "3.00x", "bit-exact", "equal"],
+            ["b", "5x8->8", "3/4", "500", "600", "-", "-", "bit-exact", "equal"]]
+    total = ["TOTAL", "", "", "1,500", "1,600", "-", "-", "ok", "ok"]
+    assert res.table() == format_table(_HDR, rows, left=2, total=total)
+    # zero RTL cycles: no measured speedup; zero model cycles: no model speedup, no ratio
+    zero_rtl = VerifyResult("r", "iss", {}, [_lc("z", 0, 10, 40, 20)], 0.0).totals()
+    assert zero_rtl["measured_speedup"] is None and "speedup_rel_diff" not in zero_rtl
+    assert zero_rtl["model_speedup"] == pytest.approx(2.0)
+    zero_model = VerifyResult("r", "iss", {}, [_lc("z", 10, 0, 40, 20)], 0.0).totals()
+    assert zero_model["model_speedup"] is None and "speedup_rel_diff" not in zero_model
+    assert zero_model["measured_speedup"] == pytest.approx(4.0)
