@@ -613,10 +613,10 @@ class _Recorder:
     """The ISS runner, recording the programs it is given and corrupting results on request."""
 
     def __init__(self, edit=None):
-        self.programs, self.edit = None, edit
+        self.programs, self.edit, self.progress = None, edit, "not given"
 
-    def __call__(self, cfg, programs, progress=False):
-        self.programs = list(programs)
+    def __call__(self, cfg, programs, progress="not given"):
+        self.programs, self.progress = list(programs), progress
         res = iss_runner(cfg, programs)
         return self.edit(res) if self.edit else res
 
@@ -624,7 +624,8 @@ class _Recorder:
 def test_verify_layers_judges_each_layer_against_numpy_and_the_model():
     cfg, ms, inputs, weights = _verify_case()
     run = _Recorder()
-    checks = verify_layers(cfg, ms, ["a", "b"], inputs, weights, runner=run, progress=False)
+    checks = verify_layers(cfg, ms, ["a", "b"], inputs, weights, runner=run)
+    assert run.progress is True  # the runner shows progress unless told not to
     # dense twins by default: the sparse programs first, then the dense ones, in order
     assert [p.extra["name"] for p in run.programs] == ["a", "b", "a dense", "b dense"]
     assert [lc.name for lc in checks] == ["a", "b"]
@@ -658,6 +659,7 @@ def test_verify_layers_without_dense_twins():
     checks = verify_layers(cfg, ms, ["b"], inputs, weights, runner=run, dense=False,
                            progress=False)
     assert [p.extra["name"] for p in run.programs] == ["b"]
+    assert run.progress is False
     (lc,) = checks
     assert lc.ok and lc.dense_rtl_cycles is None and lc.measured_speedup is None
     assert lc.dense_model_cycles == estimate_layer(cfg, 3, 4, 6, None).cycles
@@ -832,3 +834,58 @@ def test_verify_totals_when_a_dense_run_or_a_cycle_count_is_missing():
     zero_model = VerifyResult("r", "iss", {}, [_lc("z", 10, 0, 40, 20)], 0.0).totals()
     assert zero_model["model_speedup"] is None and "speedup_rel_diff" not in zero_model
     assert zero_model["measured_speedup"] == pytest.approx(4.0)
+
+
+def test_verify_float_error_is_relative_to_the_layer_output():
+    # scaling the activations scales the float and the dequantised outputs alike: the relative
+    # quantisation error is the same for outputs far below 1
+    cfg, ms, inputs, weights = _verify_case(seed=3)
+    (big,) = verify_layers(cfg, ms, ["b"], inputs, weights, runner=iss_runner, dense=False,
+                           progress=False)
+    small_in = {k: v * 1e-4 for k, v in inputs.items()}
+    (small,) = verify_layers(cfg, ms, ["b"], small_in, weights, runner=iss_runner, dense=False,
+                             progress=False)
+    assert np.abs(small_in["b"] @ weights["b"].T).max() < 1e-3
+    assert small.float_rel_err == pytest.approx(big.float_rel_err, rel=1e-6)
+    assert big.float_rel_err > 0
+
+
+def test_verify_without_dense_twins_compiles_only_the_pruned_layer():
+    # 1 of 256 blocks kept: the pruned layer's DRAM image fits 0.006 MiB, the dense one does not
+    cfg = tiny_config("4x4", dram_mib=0.006)
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[0, 0] = True
+    ms = MaskSet("tiny", 4, 4, ("c",), {"c": (4, 64, 64)}, {"c": mask})
+    rng = np.random.default_rng(1)
+    inputs = {"c": rng.normal(size=(4, 64))}
+    weights = {"c": rng.normal(size=(64, 64)) * _elem_mask(mask, 64, 64)}
+    (lc,) = verify_layers(cfg, ms, ["c"], inputs, weights, runner=iss_runner, dense=False,
+                          progress=False)
+    assert lc.ok and lc.kept_blocks == 1
+    with pytest.raises(LspError, match=r"^c dense: the layer's DRAM image needs .* "
+                                       r"\(dram.capacity_mib\)$"):
+        verify_layers(cfg, ms, ["c"], inputs, weights, runner=iss_runner, progress=False)
+
+
+def test_iss_runner_returns_what_the_iss_computed():
+    import time
+
+    from lsp_codesign.compiler import compile_layer
+    from lsp_codesign.isa import ERROR_CODES
+    from lsp_codesign.iss import Memories, run_iss
+
+    cfg = tiny_config("4x4")
+    rng = np.random.default_rng(2)
+    prog = compile_layer(cfg, rng.integers(-127, 128, (3, 4), dtype=np.int8),
+                         rng.integers(-127, 128, (6, 4), dtype=np.int8), _MASKS["b"], name="b")
+    broken = replace(prog, words=[0x00000033] + list(prog.words[1:]))  # an illegal instruction
+    t0 = time.perf_counter()
+    good, bad = iss_runner(cfg, [prog, broken])
+    elapsed = time.perf_counter() - t0
+    ref = run_iss(cfg, Memories.from_program(prog))
+    assert good.y_words == ref.y_words(prog.y_base, prog.y_words)
+    assert len(good.y_words) == prog.y_words
+    assert good.counters == ref.counters
+    assert good.error is False and good.err_code == 0
+    assert bad.error is True and bad.err_code == ERROR_CODES["illegal_instruction"]
+    assert 0 < good.wall_s and 0 < bad.wall_s and good.wall_s + bad.wall_s <= elapsed
