@@ -301,6 +301,13 @@ def test_smoothing_short_curves_and_tiny_half_lives_are_copies():
     y = np.array([0.0, 3.0, -1.0, 2.0])
     # half-life 0.02 samples: gamma = 2^-50, far below 1e-9: the weights are one spike
     np.testing.assert_array_equal(ema_smooth(y, 0.02), y)
+    # one sample: no line to fit, the sample itself
+    np.testing.assert_array_equal(ema_smooth(np.array([2.5]), 4.0), [2.5])
+    # the result is a float curve whatever the input, at every half-life
+    for hl in (0.0, 1.0):
+        out = ema_smooth(np.array([0, 3, 1, 5, 2]), hl)
+        assert out.dtype == np.float64
+    np.testing.assert_array_equal(ema_smooth(np.array([0, 3, 1]), 0.0), [0.0, 3.0, 1.0])
 
 
 @pytest.mark.parametrize("bad", [-1.0, -1e-300, float("inf"), float("nan")])
