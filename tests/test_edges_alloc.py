@@ -896,3 +896,16 @@ def test_iss_runner_returns_what_the_iss_computed():
     assert good.error is False and good.err_code == 0
     assert bad.error is True and bad.err_code == ERROR_CODES["illegal_instruction"]
     assert 0 < good.wall_s and 0 < bad.wall_s and good.wall_s + bad.wall_s <= elapsed
+
+
+def test_verify_applies_the_mask_to_its_reference():
+    # The engine multiplies by the kept blocks only (docs/hw.md); the numpy reference must use
+    # the same operands, so weights whose pruned blocks still hold values verify bit for bit.
+    cfg, ms, inputs, weights = _verify_case(seed=5)
+    rng = np.random.default_rng(6)
+    unmasked = {nm: w + rng.normal(size=w.shape) * ~_elem_mask(_MASKS[nm], *w.shape)
+                for nm, w in weights.items()}
+    assert all(np.abs(unmasked[nm] - weights[nm]).max() > 0.1 for nm in weights)
+    checks = verify_layers(cfg, ms, ["a", "b"], inputs, unmasked, runner=iss_runner,
+                           dense=False, progress=False)
+    assert all(lc.y_match and lc.ok for lc in checks)
