@@ -8,7 +8,6 @@ the mutation run of issue 11: each test says which property it pins.
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import replace
 
@@ -21,9 +20,17 @@ from lsp_codesign.alloc.numerics import (block_reduce, distortion_curve, ema_smo
                                          fd_weights, single_block_delta, slope_5pt)
 from lsp_codesign.alloc.options import AllocError, CurvatureOptions, Score
 from lsp_codesign.alloc.search import eq14_beta, method_thresholds, search_allocation
-from lsp_codesign.cycle_model import layer_curves
+from lsp_codesign.cycle_model import estimate_layer, layer_curves
+from lsp_codesign.errors import LspError
+from lsp_codesign.isa import COUNTERS
+from lsp_codesign.masks_io import MaskSet
 from lsp_codesign.packing import BlockGrid
+from lsp_codesign.quant import quantize_activations, quantize_weights
+from lsp_codesign.table import format_markdown, format_table
+from lsp_codesign.verify import (LayerCheck, VerifyResult, iss_runner, sample_layers,
+                                 verify_layers)
 from lsp_codesign.vit_shapes import GemmShape
+from tests.conftest import tiny_config
 
 # ---------------------------------------------------------------------------------------------
 # search: beta (Eq. 14)
@@ -586,16 +593,6 @@ def test_layer_curve_refusals_name_the_layer(vita):
 
 # ---------------------------------------------------------------------------------------------
 # verify: quantise, compile, run on the ISS, judge (bit- and cycle-exact)
-
-from lsp_codesign.cycle_model import estimate_layer  # noqa: E402
-from lsp_codesign.errors import LspError  # noqa: E402
-from lsp_codesign.isa import COUNTERS  # noqa: E402
-from lsp_codesign.masks_io import MaskSet  # noqa: E402
-from lsp_codesign.quant import quantize_activations, quantize_weights  # noqa: E402
-from lsp_codesign.table import format_markdown, format_table  # noqa: E402
-from lsp_codesign.verify import (LayerCheck, VerifyResult, iss_runner, sample_layers,  # noqa: E402
-                                 verify_layers)
-from tests.conftest import tiny_config  # noqa: E402
 
 _GEMMS = {"a": (5, 8, 8), "b": (3, 4, 6)}
 _MASKS = {"a": np.array([[True, False], [True, True]]), "b": np.array([[True], [False]])}
