@@ -491,3 +491,39 @@ def test_block_sparse_dense_default_plan_on_one_tile(vita):
     plan = plan_layer(vita, 16, 32, 32)
     assert cost_model(vita).counters(16, 32, 32, None, "x")["busy"] == 403
     assert plan.n_tiles == 1
+
+
+def _qkv_like_mask():
+    """Value rows kept, most query and key rows pruned: the mask's own tiling beats the
+    shape's default plan (tests/test_schedule.py::test_the_compiler_tiles_for_the_mask)."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((72, 24), bool)
+    mask[48:] = True
+    mask[:48] = rng.random((48, 24)) < 0.05
+    return mask
+
+
+def test_cost_models_tile_for_the_mask_unless_told_not_to(vita):
+    """The compiler tiles for the mask, so the model's default prices that plan; replan=False
+    prices the shape's default plan (what the curves use)."""
+    from lsp_codesign.cycle_model import BlockSparseCost
+
+    m, n, k = 197, 384, 1152
+    mask = _qkv_like_mask()
+    mine = estimate_layer(vita, m, n, k, mask).counters
+    fixed = estimate_layer(vita, m, n, k, mask, replan=False).counters
+    assert mine["cycles"] < fixed["cycles"]
+    assert BlockSparseCost(vita).counters(m, n, k, mask, "qkv")["cycles"] == mine["cycles"]
+    assert cost_model(vita).counters(m, n, k, mask, "qkv")["cycles"] == mine["cycles"]
+    assert cost_model(vita, replan=False).counters(m, n, k, mask, "qkv")["cycles"] == \
+        fixed["cycles"]
+
+
+def test_curve_arrays_are_writable_copies(vita, tpu):
+    """Callers may edit the curves (the allocator scales them): every array is its own."""
+    for cfg in (vita, systolic_cfg(tpu)):
+        cur = layer_curves(cfg, 16, 64, 32, np.arange(-(-64 // cfg.block_n) *
+                                                        -(-32 // cfg.block_k))[::-1])
+        assert all(arr.flags.writeable for arr in cur.values())
+        cur["energy_imem"][0] += 1.0
+        assert cur["energy_imem"][1] != cur["energy_imem"][0]
