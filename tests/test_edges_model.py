@@ -448,6 +448,25 @@ def test_schedule_of_forced_small_tiles_equals_the_spec(order):
     assert schedule(cfg, plan, nnz, rows) == want
 
 
+def test_schedule_of_w_chunks_spread_over_a_row_group_equals_the_spec():
+    """One column group, rows outer: the next row group's W streams in chunks over the current
+    group's 8 tiles. 3 kept blocks are 12 W words of 64 bits, one per 64-bit beat, so chunks
+    may start on any word (1,2,1,2,...); the phases are memory-bound, so where each chunk
+    lands moves the cycles."""
+    cfg = tiny_config("8x4", 4, beat=8)
+    assert cfg.memories["wmem"].word_bits == 64 == 8 * cfg.dram.bytes_per_cycle
+    m, n, k = 30, 8, 50
+    plan = Plan(m, n, k, LoopOrder.ROWS_OUTER, 1, 2, 2, 8, 4, 4)
+    assert plan.groups == (4, 1) and len(plan.t_sizes) == 8
+    mask = np.array([[1, 1], [1, 0], [0, 1], [1, 1], [1, 0], [0, 0], [1, 1]], bool)
+    prog = compile_layer(cfg, np.zeros((m, n), np.int8), np.zeros((k, n), np.int8), mask,
+                         plan=plan)
+    want = spec_counters(cfg, prog)
+    assert want["wmem_writes"] == 3 * 4 + 3 * 4 + 1 * 4 + 2 * 4
+    nnz, rows = plan.group_counts(mask)
+    assert schedule(cfg, plan, nnz, rows) == want
+
+
 def test_schedule_vectorised_columns_equal_single_masks():
     cfg = tiny_config("4x4", 4, beat=16)
     plan = Plan(30, 40, 36, LoopOrder.TOKENS_OUTER, 2, 2, 4, 4, 4, 4)
