@@ -203,6 +203,8 @@ def test_to_dict_carries_every_figure(vita):
     assert d["dense_macs"] == 16 * 32 * 32 and d["dram_bytes"] == e.dram_bytes
     assert d["intensity"] == e.intensity and d["memory_bound"] is True
     assert d["counters"] == e.counters and d["warnings"] == [] and d["layer_index"] == 3
+    # a snapshot: editing the dict leaves the estimate as it was
+    assert d["counters"] is not e.counters and d["warnings"] is not e.warnings
 
 
 # ---- shapes and counter overflow -------------------------------------------------------------
@@ -290,6 +292,9 @@ def test_curves_layout_and_energy_sum(vita):
     parts = sum(cur[f"energy_{c}"] for c in ENERGY_COMPONENTS)
     np.testing.assert_allclose(cur["energy_pj"], parts, rtol=1e-12)
     assert np.all(cur["energy_imem"] == 8 * 5.0)       # the program, at every level
+    # the block-sparse engine's default order is row-major
+    np.testing.assert_array_equal(layer_curves(vita, 16, 32, 32)["cycles"],
+                                  layer_curves(vita, 16, 32, 32, np.arange(4))["cycles"])
 
 
 @pytest.mark.parametrize("order", [np.arange(3), np.arange(5), np.array([0, 1, 1, 2]),
@@ -315,6 +320,21 @@ def test_curves_of_a_block_row_keep_its_drain_until_its_last_block(vita):
         assert e.counters["idx_reads"] == int(m.sum()) + 2 * rows
         assert e.counters["ymem_reads"] == rows * 16 + 32
         assert cur["cycles"][p] == e.cycles
+
+
+@pytest.mark.parametrize("order", [[0, 2, 1], [1, 0, 2], [2, 1, 0]])
+def test_curves_of_a_one_column_layer(vita, order):
+    """N = 16: one block column, so each block row holds one block and empties with it (the
+    first block pruned empties its row at once). Every level equals the pointwise estimate."""
+    order = np.array(order)
+    cur = layer_curves(vita, 16, 16, 48, order)
+    for p in range(4):
+        mask = np.ones(3, bool)
+        mask[order[:p]] = False
+        e = estimate_layer(vita, 16, 16, 48, mask.reshape(3, 1), replan=False)
+        assert e.counters["idx_reads"] == 3 * (3 - p)       # NNZ + 2R, one token tile
+        assert cur["cycles"][p] == e.cycles, p
+        assert cur["energy_idx"][p] == pytest.approx(e.energy_pj["idx"]), p
 
 
 # ---- the phase schedule against the spec ------------------------------------------------------
