@@ -521,6 +521,17 @@ def test_transfer_cycles_and_beats_at_each_width():
     np.testing.assert_array_equal(transfer_cycles([0, 1, 2], 512, 256), [0, 3, 5])
 
 
+def test_transfer_counts_of_narrow_integer_types_do_not_wrap():
+    """Word counts may arrive as int32 or uint8 arrays; the cycles and beats are computed in
+    64 bits: 10^9 words of 512 bits on a 128-bit port are 4.10^9 + 1 cycles and 4.10^9 beats."""
+    big = np.array([10**9], dtype=np.int32)
+    assert int(transfer_cycles(big, 512, 128)[0]) == 4 * 10**9 + 1
+    assert int(transfer_beats(big, 512, 128)[0]) == 4 * 10**9
+    small = np.array([200], dtype=np.uint8)
+    assert int(transfer_cycles(small, 512, 128)[0]) == 801
+    assert int(transfer_beats(small, 512, 128)[0]) == 800
+
+
 def test_block_sparse_dense_default_plan_on_one_tile(vita):
     """mask None is every block kept: the same counters as an all-True mask, with or without
     replanning."""
