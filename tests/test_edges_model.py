@@ -14,9 +14,9 @@ import pytest
 
 from lsp_codesign.compiler import compile_layer, from_beats
 from lsp_codesign.config import HwConfig
-from lsp_codesign.cycle_model import (ENERGY_COMPONENTS, CounterOverflowWarning, LayerEstimate,
-                                      cost_model, energy_breakdown, estimate_layer,
-                                      layer_curves, p_m_pj)
+from lsp_codesign.cycle_model import (ENERGY_COMPONENTS, BlockSparseCost, CounterOverflowWarning,
+                                      LayerEstimate, cost_model, energy_breakdown,
+                                      estimate_layer, layer_curves, p_m_pj)
 from lsp_codesign.errors import LspError
 from lsp_codesign.isa import DESC_WORDS, SWAP_W, SWAP_X, SWAP_Y, decode_descriptor
 from lsp_codesign.schedule import GEMM_COUNTERS, schedule, transfer_beats, transfer_cycles
@@ -556,8 +556,6 @@ def _qkv_like_mask():
 def test_cost_models_tile_for_the_mask_unless_told_not_to(vita):
     """The compiler tiles for the mask, so the model's default prices that plan; replan=False
     prices the shape's default plan (what the curves use)."""
-    from lsp_codesign.cycle_model import BlockSparseCost
-
     m, n, k = 197, 384, 1152
     mask = _qkv_like_mask()
     mine = estimate_layer(vita, m, n, k, mask).counters
@@ -570,10 +568,11 @@ def test_cost_models_tile_for_the_mask_unless_told_not_to(vita):
 
 
 def test_curve_arrays_are_writable_copies(vita, tpu):
-    """Callers may edit the curves (the allocator scales them): every array is its own."""
+    """Callers may edit the curves in place: every array is its own, even the components
+    that are the same at every level (imem; zero ones on the systolic engine)."""
     for cfg in (vita, systolic_cfg(tpu)):
-        cur = layer_curves(cfg, 16, 64, 32, np.arange(-(-64 // cfg.block_n) *
-                                                        -(-32 // cfg.block_k))[::-1])
+        nblk = (64 // cfg.block_n) * (32 // cfg.block_k)
+        cur = layer_curves(cfg, 16, 64, 32, np.arange(nblk)[::-1])
         assert all(arr.flags.writeable for arr in cur.values())
         cur["energy_imem"][0] += 1.0
         assert cur["energy_imem"][1] != cur["energy_imem"][0]
