@@ -475,6 +475,18 @@ def test_dram_image_read_back_through_the_documented_layout():
         prog = compile_layer(cfg, x, w, mask, plan=plan)
         p = _reader_check(cfg, prog, x, w, mask)
         assert len(p.h_sizes) > 1 and len(p.g_sizes) > 1 and len(p.t_sizes) > 1
+    # One column group: W of the next row group streams in chunks over the token blocks of the
+    # current one (§7), and tiles that keep their banks leave X, IDX and Y at 0.
+    x, w = x[:, :8], w[:, :8]
+    mask = mask[:, :2]
+    rows_outer = _plan(cfg, m, 8, k, 1, 1, 2)            # W swaps once per row group
+    tokens_outer = _plan(cfg, m, 8, k, 2, 1, 2, LoopOrder.TOKENS_OUTER)   # X stays
+    for plan in (rows_outer, tokens_outer):
+        prog = compile_layer(cfg, x, w, mask, plan=plan)
+        p = _reader_check(cfg, prog, x, w, mask)
+        assert len(p.h_sizes) == 1 and len(p.t_sizes) > 1
+    assert (rows_outer.w_runs()[2] > 1).any() and not rows_outer.swap_w.all()
+    assert not tokens_outer.swap_x.all()
 
 
 def test_dram_image_sizes_from_the_layout_rules():
