@@ -217,6 +217,18 @@ def test_quantize_weights_per_row_by_hand():
     assert s.tolist() == [1.0, 1.0] and q.shape == (2, 0)
 
 
+def test_float32_operands_are_scaled_in_double_precision():
+    """torch hands over float32; the scale is max|v| / 127 of the float32 values, in float64."""
+    x = np.array([[0.3, -1.7]], dtype=np.float32)
+    q, s = quantize_activations(x)
+    assert s == float(np.float32(1.7)) / 127
+    assert q.tolist() == [[round(float(np.float32(0.3)) / s), -127]]
+    w = np.array([[0.3, -1.7], [2.9, 0.1]], dtype=np.float32)
+    q, s = quantize_weights(w)
+    assert s.dtype == np.float64
+    assert s.tolist() == [float(np.float32(1.7)) / 127, float(np.float32(2.9)) / 127]
+
+
 def test_dequantize_by_hand():
     y = dequantize(np.array([[2, -3], [0, 5]], dtype=np.int32), 0.5, np.array([4.0, 0.25]))
     assert y.dtype == np.float64
@@ -706,6 +718,8 @@ def test_plan_layer_refuses_other_engines_and_bad_masks(tpu):
         plan_layer(tpu, 4, 4, 4, name="a")
     assert str(exc.value) == (f"a: config {tpu.name} has engine systolic; only the "
                               "block_sparse engine is tiled")
+    with pytest.raises(TilingError, match="^layer: config "):          # the default name
+        plan_layer(tpu, 4, 4, 4)
     cfg = make_cfg()
     with pytest.raises(TilingError) as exc:
         plan_layer(cfg, 8, 12, 8, name="a", mask=np.ones((3, 2)))
@@ -752,6 +766,11 @@ def _pow2_upto(top):
                       idx_kib=kib_for_depth(30, 16), ymem_kib=kib_for_depth(40, 129))),
     (21, 12, 36, dict(xmem_kib=kib_for_depth(64, 32), wmem_kib=kib_for_depth(12, 32),
                       idx_kib=kib_for_depth(64, 16), ymem_kib=kib_for_depth(12, 129))),
+    (48, 24, 40, dict(xmem_kib=kib_for_depth(1024, 32), wmem_kib=kib_for_depth(1024, 32),
+                      idx_kib=kib_for_depth(1024, 16), ymem_kib=kib_for_depth(1024, 129))),
+    (48, 24, 40, dict(xmem_kib=kib_for_depth(1024, 32), wmem_kib=kib_for_depth(1024, 32),
+                      idx_kib=kib_for_depth(1024, 16), ymem_kib=kib_for_depth(32, 129))),
+    (77, 18, 76, dict(xmem_kib=0.25, wmem_kib=0.5, idx_kib=0.25, ymem_kib=0.50390625)),
 ])
 def test_candidates_are_every_fitting_plan_of_the_widest_column_group(m, n, k, mems):
     """§7: the widest NG that fits; every power-of-two TT and KG (or the whole extent) that fits;
