@@ -229,6 +229,16 @@ def test_float32_operands_are_scaled_in_double_precision():
     assert s.tolist() == [float(np.float32(1.7)) / 127, float(np.float32(2.9)) / 127]
 
 
+def test_minus_128_is_never_produced_even_when_the_scale_underflows():
+    """quant.py: codes stay in -127..127 (negation never overflows), even for the smallest
+    subnormal maximum, whose scale max/127 underflows to 0 and sends v/s to +-inf."""
+    tiny = np.array([[-5e-324, 5e-324]])
+    with np.errstate(divide="ignore"):
+        q, _ = quantize_weights(tiny)
+        qa, _ = quantize_activations(tiny)
+    assert q.tolist() == [[-127, 127]] and qa.tolist() == [[-127, 127]]
+
+
 def test_dequantize_by_hand():
     y = dequantize(np.array([[2, -3], [0, 5]], dtype=np.int32), 0.5, np.array([4.0, 0.25]))
     assert y.dtype == np.float64
