@@ -781,6 +781,10 @@ def _pow2_upto(top):
     (48, 24, 40, dict(xmem_kib=kib_for_depth(1024, 32), wmem_kib=kib_for_depth(1024, 32),
                       idx_kib=kib_for_depth(1024, 16), ymem_kib=kib_for_depth(32, 129))),
     (77, 18, 76, dict(xmem_kib=0.25, wmem_kib=0.5, idx_kib=0.25, ymem_kib=0.50390625)),
+    # block 2x2 and 64-byte beats: a Y region of 32 bytes is half a beat, so the plans differ
+    # in the bytes they write, not only in those they read
+    (34, 7, 28, dict(block="2x2", beat=64, xmem_kib=1.0, wmem_kib=0.25, idx_kib=0.25,
+                     ymem_kib=1.0)),
 ])
 def test_candidates_are_every_fitting_plan_of_the_widest_column_group(m, n, k, mems):
     """§7: the widest NG that fits; every power-of-two TT and KG (or the whole extent) that fits;
@@ -790,7 +794,7 @@ def test_candidates_are_every_fitting_plan_of_the_widest_column_group(m, n, k, m
     from lsp_codesign.tiling import _candidate_plans
 
     cfg = make_cfg(**mems)
-    mt, kb, nb = cdiv(m, 4), cdiv(k, 4), cdiv(n, 4)
+    mt, kb, nb = cdiv(m, 4), cdiv(k, cfg.block_k), cdiv(n, cfg.block_n)
     ng = max(g for g in _pow2_upto(nb) if _fits(cfg, 1, 1, g))
     want = set()
     for tt in _pow2_upto(mt):
