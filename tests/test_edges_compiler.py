@@ -662,6 +662,7 @@ def test_group_counts_by_hand():
     p = Plan(4, 12, 12, LoopOrder.ROWS_OUTER, 1, 2, 2, 4, 4, 4)    # KB = NB = 3: groups (2, 1)
     mask = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0]], bool)
     nnz, rows = p.group_counts(mask)
+    assert nnz.dtype.kind == rows.dtype.kind == "i"          # counts, not fractions
     assert nnz.tolist() == [[1, 2], [2, 0]]
     assert rows.tolist() == [[1, 2], [1, 0]]
 
@@ -845,10 +846,11 @@ def test_candidates_are_every_fitting_plan_of_the_widest_column_group(m, n, k, m
 
 
 def test_more_than_max_tiles_keeps_the_plan_with_fewest_tiles():
-    """Every candidate of a long layer on one-tile banks has over MAX_TILES tiles: the one with
-    the fewest tiles is kept (here the only shape that fits: TT = KG = NG = 1)."""
-    cfg = make_cfg(xmem_kib=kib_for_depth(4, 32), wmem_kib=kib_for_depth(4, 32),
-                   idx_kib=kib_for_depth(4, 16), ymem_kib=kib_for_depth(4, 129), dram_mib=4)
-    m = 4 * (MAX_TILES + 1)
+    """Every candidate of a long layer on tiny banks has over MAX_TILES tiles: the one with the
+    fewest tiles is kept. Banks of 8 X / Y words allow TT = 1 or 2 (NG = KG = 1); with
+    MT = 2 * MAX_TILES + 2 token tiles that is 2 * MAX_TILES + 2 or MAX_TILES + 1 tiles."""
+    cfg = make_cfg(xmem_kib=kib_for_depth(8, 32), wmem_kib=kib_for_depth(4, 32),
+                   idx_kib=kib_for_depth(4, 16), ymem_kib=kib_for_depth(8, 129), dram_mib=4)
+    m = 4 * (2 * MAX_TILES + 2)
     p = plan_layer(cfg, m, 4, 4)
-    assert (p.tt, p.kg, p.ng) == (1, 1, 1) and p.n_tiles == MAX_TILES + 1
+    assert (p.tt, p.kg, p.ng) == (2, 1, 1) and p.n_tiles == MAX_TILES + 1
