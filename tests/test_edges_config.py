@@ -377,3 +377,21 @@ def test_config_hash_is_twelve_hex_digits_and_ignores_the_source(vita):
     assert len(h) == 12 and int(h, 16) >= 0
     assert HwConfig.from_dict(raw(), source="elsewhere.yaml").config_hash() == h
     assert vita.with_overrides(clock_mhz=400).config_hash() != h
+
+
+def test_config_hash_is_stable_across_versions():
+    """Run directories store ``hw.config_hash`` and read_run compares it with the hash of their
+    hw.yaml, so the hash of a given config is part of the on-disk format: it must not change
+    between versions. This mapping is the vita preset that bench/results/rtl_speed.json recorded
+    (2026-12-03) under the hash 60043876cbaf; key order, int/float spelling and the source do not
+    matter."""
+    d = {
+        "dram": {"capacity_mib": 16.0, "latency_cycles": 64, "bytes_per_cycle": 32},
+        "energy": {"static_mw": 20, "dram_pj_per_64b": 1950, "sram_pj_per_64b":
+                   {1024: 100, 32: 20, 8: 10}, "mac_pj": 0.3},
+        "memories": {"ymem_kib": 1024, "idx_kib": 16, "wmem_kib": 256.0, "xmem_kib": 256,
+                     "imem_words": 256},
+        "index_bits": 16, "tile_m": 16, "block": "16x16", "clock_mhz": 500,
+        "engine": "block_sparse", "description": VITA_DESCRIPTION, "name": "vita",
+    }
+    assert HwConfig.from_dict(d, source="any.yaml").config_hash() == "60043876cbaf"
