@@ -14,8 +14,7 @@ import json
 import pytest
 import yaml
 
-from lsp_codesign.config import (ConfigError, Dataflow, Engine, HwConfig, _is_pow2,
-                                 load_config)
+from lsp_codesign.config import ConfigError, Dataflow, HwConfig, _is_pow2, load_config
 from tests.conftest import CONFIGS
 
 VITA_DESCRIPTION = "ViTA-like block-sparse engine, PE array shaped by the block (BK x BN)"
@@ -112,6 +111,8 @@ def test_schema_errors_name_the_key_with_its_section():
 
 @pytest.mark.parametrize("change, message", [
     (_set("array", None), "array: missing required key for engine systolic"),
+    (_set("array", "128by128"),
+     "array: expected the form AxB with positive integers, got '128by128'"),
     (_set("dram", raw()["dram"]), "dram: the systolic model has no DRAM section; remove it"),
     (_set("dataflow", "rs"), "dataflow: expected one of os, ws, is, got 'rs'"),
     (_set("index_bits", 7), "index_bits: must be between 8 and 32, got 7"),
@@ -285,7 +286,7 @@ def test_override_errors_are_exact(vita, tpu):
     assert str(exc.value) == "--block: sizes must be positive, got '16x0'"
 
 
-def test_load_config_without_overrides(tmp_path):
+def test_load_config_without_overrides():
     """Options left unset on the command line arrive as None: no override, same source."""
     path = CONFIGS / "vita.yaml"
     c = load_config(path, block=None, tile_m=None)
