@@ -41,7 +41,7 @@ from lsp_codesign.table import format_markdown, format_table  # noqa: E402
 
 HEADER = ["module", "mutants", "killed", "equivalent", "survived", "score"]
 LINE = re.compile(r"^\s*(?P<name>\S+): (?P<status>.+?)\s*$")
-KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+KILLED = {"killed", "timeout", "caught by type check"}
 
 
 def module_of(name: str) -> str:

@@ -8,6 +8,7 @@ docs/config.md, or comes from a reimplementation of the phase schedule written f
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -265,7 +266,9 @@ def test_counter_overflow_boundary(vita, monkeypatch):
             "(they would wrap around)")
     assert e.warnings == [want]
     assert [str(w.message) for w in rec] == [want]
-    assert rec[0].filename == __file__            # points at the caller of estimate_layer
+    # points at the caller of estimate_layer (under mutmut a trampoline frame sits between)
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        assert rec[0].filename == __file__
     with pytest.warns(CounterOverflowWarning, match=r"^gemm: counter macs = 16,384"):
         estimate_layer(vita, 16, 32, 32)
 
