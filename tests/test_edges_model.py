@@ -266,9 +266,8 @@ def test_counter_overflow_boundary(vita, monkeypatch):
             "(they would wrap around)")
     assert e.warnings == [want]
     assert [str(w.message) for w in rec] == [want]
-    # points at the caller of estimate_layer (under mutmut a trampoline frame sits between)
-    if not os.environ.get("MUTANT_UNDER_TEST"):
-        assert rec[0].filename == __file__
+    # points at the caller of estimate_layer (mutmut's copy of the code adds a trampoline frame)
+    assert rec[0].filename == __file__ or os.path.basename(rec[0].filename) == "trampoline.py"
     with pytest.warns(CounterOverflowWarning, match=r"^gemm: counter macs = 16,384"):
         estimate_layer(vita, 16, 32, 32)
 
