@@ -59,8 +59,8 @@ rtl-speed: setup
 area: setup
 	$(BIN)/lsp-codesign area --hw "$$HW_CONFIG" --block "$$BLOCK"
 
-# Mutation testing of the core (mutmut, [tool.mutmut] in pyproject.toml): about an hour and a half
-# on 2 cores; then the score per module (bench/results/mutation.json, docs/reliability.md)
+# Mutation testing of the core (mutmut, [tool.mutmut] in pyproject.toml): every mutant, many hours
+# on 2 cores (docs/reliability.md runs a sample); then the score per module (bench/results/mutation.json)
 mutation: setup
 	CI=true $(BIN)/mutmut run --max-children "$$(nproc)"
 	$(PY) bench/mutation_score.py
