@@ -13,32 +13,34 @@ def _test_names(path) -> set[str]:
     return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
 
 
-def test_every_test_named_by_the_allocator_pitfalls_exists():
-    text = (ROOT / "docs" / "allocator.md").read_text()
-    section = text.split("## Pitfalls", 1)[1].split("\n## ", 1)[0]
+def _named_tests(doc: str, heading: str) -> list[tuple[str, str]]:
+    """``(file, test)`` for each `` `test_x.py::test_y` `` (or `` `::test_z` `` after one in the
+    same row) in the section of ``docs/doc`` under ``heading``."""
+    text = (ROOT / "docs" / doc).read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     refs = []
     for row in section.splitlines():
         current = None
         for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", row):
             current = file or current
             refs.append((current, name))
+    return refs
+
+
+def _missing(refs: list[tuple[str, str]]) -> list[str]:
+    return [f"{f}::{n}" for f, n in refs if n not in _test_names(ROOT / "tests" / f)]
+
+
+def test_every_test_named_by_the_allocator_pitfalls_exists():
+    refs = _named_tests("allocator.md", "## Pitfalls")
     assert len(refs) >= 6
-    missing = [f"{f}::{n}" for f, n in refs if n not in _test_names(ROOT / "tests" / f)]
-    assert missing == []
+    assert _missing(refs) == []
 
 
 def test_every_test_named_by_the_reliability_table_exists():
-    text = (ROOT / "docs" / "reliability.md").read_text()
-    section = text.split("## Classes, invariants and tests", 1)[1].split("\n## ", 1)[0]
-    refs = []
-    for row in section.splitlines():
-        current = None
-        for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", row):
-            current = file or current
-            refs.append((current, name))
+    refs = _named_tests("reliability.md", "## Classes, invariants and tests")
     assert len(refs) >= 30 and all(f for f, _n in refs)
-    missing = [f"{f}::{n}" for f, n in refs if n not in _test_names(ROOT / "tests" / f)]
-    assert missing == []
+    assert _missing(refs) == []
 
 
 def test_no_doc_or_source_points_outside_the_project():
