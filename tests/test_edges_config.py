@@ -268,22 +268,21 @@ def test_dataflow_override(tpu, flow):
     assert (c.array_rows, c.array_cols) == (128, 128)
 
 
-def test_override_errors_are_exact(vita, tpu):
+@pytest.mark.parametrize("preset, overrides, message", [
+    ("vita", dict(dataflow="os"),
+     "--dataflow: engine block_sparse has no dataflow option; use a systolic config"),
+    ("vita", dict(array="8x8"),
+     "--array: engine block_sparse has no configurable array (its array follows the block); "
+     "use a systolic config"),
+    ("tpu", dict(array="8by8"),
+     "--array: expected the form AxB with positive integers, got '8by8'"),
+    ("vita", dict(block="16x0"), "--block: sizes must be positive, got '16x0'"),
+])
+def test_override_errors_are_exact(request, preset, overrides, message):
+    cfg = request.getfixturevalue(preset)
     with pytest.raises(ConfigError) as exc:
-        vita.with_overrides(dataflow="os")
-    assert str(exc.value) == ("--dataflow: engine block_sparse has no dataflow option; "
-                              "use a systolic config")
-    with pytest.raises(ConfigError) as exc:
-        vita.with_overrides(array="8x8")
-    assert str(exc.value) == ("--array: engine block_sparse has no configurable array (its "
-                              "array follows the block); use a systolic config")
-    with pytest.raises(ConfigError) as exc:
-        tpu.with_overrides(array="8by8")
-    assert str(exc.value) == ("--array: expected the form AxB with positive integers, "
-                              "got '8by8'")
-    with pytest.raises(ConfigError) as exc:
-        vita.with_overrides(block="16x0")
-    assert str(exc.value) == "--block: sizes must be positive, got '16x0'"
+        cfg.with_overrides(**overrides)
+    assert str(exc.value) == message
 
 
 def test_load_config_without_overrides():

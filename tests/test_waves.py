@@ -83,6 +83,7 @@ def test_waves_command_draws_from_a_start_signal(tmp_path, capsys):
     assert err.count("\n") == 1 and "done does not toggle" in err
     assert not (tmp_path / "x.png").exists()
 
+
 @pytest.mark.rtl
 def test_icarus_writes_an_fst_into_the_build_directory(tmp_path, monkeypatch):
     need("icarus")
