@@ -189,6 +189,11 @@ def _check_plan(cfg: HwConfig, plan: Plan, m: int, n: int, k: int, name: str) ->
         if need > have:
             raise CompileError(f"{name}: the plan's tiles need {need} {what} words per bank, "
                                f"the config has {have}")
+    most = (1 << cfg.index_bits) - 1
+    if plan.kg * plan.ng > most:
+        raise CompileError(f"{name}: the plan's tiles hold up to {plan.kg * plan.ng} blocks, but "
+                           f"{cfg.index_bits}-bit index entries count at most {most} "
+                           "(index_bits)")
 
 
 def _dcsr(mask: np.ndarray, blocks: np.ndarray, index_dtype: str) -> tuple[bytes, bytes, int, int]:

@@ -232,7 +232,9 @@ def _candidates(cfg: HwConfig, m: int, n: int, k: int) -> list[tuple]:
     mt, kb, nb = _cdiv(m, bm), _cdiv(k, cfg.block_k), _cdiv(n, cfg.block_n)
     xd, wd, idd, yd = (mem[x].depth for x in ("xmem", "wmem", "idx", "ymem"))
     powers = lambda top: sorted({1 << i for i in range(top.bit_length()) if 1 << i < top} | {top})  # noqa: E731,E501
-    ngs = [g for g in powers(nb) if bm * g <= xd and g * wpb <= wd and 3 + g <= idd]
+    blocks = 1 << cfg.index_bits    # a tile's row pointer counts up to KG * NG kept blocks
+    ngs = [g for g in powers(nb)
+           if bm * g <= xd and g * wpb <= wd and 3 + g <= idd and g < blocks]
     ngs = ngs[-1:]      # the widest column group that fits: fewer partial sums, fewer tiles
     out = []
     for ng in ngs:
@@ -240,7 +242,8 @@ def _candidates(cfg: HwConfig, m: int, n: int, k: int) -> list[tuple]:
             if tt * bm * ng > xd:
                 continue
             for kg in powers(kb):
-                if kg * ng * wpb > wd or 2 * kg + 1 + kg * ng > idd or tt * bm * kg > yd:
+                if kg * ng * wpb > wd or 2 * kg + 1 + kg * ng > idd or tt * bm * kg > yd \
+                        or kg * ng >= blocks:
                     continue
                 tiles = _cdiv(mt, tt) * _cdiv(kb, kg) * _cdiv(nb, ng)
                 for order in LoopOrder:
@@ -249,7 +252,7 @@ def _candidates(cfg: HwConfig, m: int, n: int, k: int) -> list[tuple]:
                         continue  # the same tile sequence as ROWS_OUTER
                     out.append((tiles, order, tt, kg, ng))
     small = [c for c in out if c[0] <= MAX_TILES]
-    return small or [min(out, key=lambda c: c[0])]
+    return small or [min(out, key=lambda c: c[0])]     # on a tie, the first generated
 
 
 def _synthetic_counts(plan: Plan, density: float) -> tuple[np.ndarray, np.ndarray]:

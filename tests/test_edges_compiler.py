@@ -765,7 +765,8 @@ def _fits(cfg, tt, kg, ng):
     """§5's bank checks for a tile of TT x KG x NG with every block kept."""
     mem, bm, wpb = cfg.memories, cfg.tile_m, cfg.words_per_block
     return (tt * bm * ng <= mem["xmem"].depth and kg * ng * wpb <= mem["wmem"].depth
-            and 2 * kg + 1 + kg * ng <= mem["idx"].depth and tt * bm * kg <= mem["ymem"].depth)
+            and 2 * kg + 1 + kg * ng <= mem["idx"].depth and tt * bm * kg <= mem["ymem"].depth
+            and kg * ng < 1 << cfg.index_bits)
 
 
 def _pow2_upto(top):
@@ -786,6 +787,9 @@ def _pow2_upto(top):
     # in the bytes they write, not only in those they read
     (34, 7, 28, dict(block="2x2", beat=64, xmem_kib=1.0, wmem_kib=0.25, idx_kib=0.25,
                      ymem_kib=1.0)),
+    # IDX one entry short of KG = 4 (2 * 4 + 1 + 4 * 4 = 25 entries with NG = 4): KG <= 2
+    (8, 16, 32, dict(xmem_kib=kib_for_depth(1024, 32), wmem_kib=kib_for_depth(1024, 32),
+                     idx_kib=kib_for_depth(24, 16), ymem_kib=kib_for_depth(1024, 129))),
 ])
 def test_candidates_are_every_fitting_plan_of_the_widest_column_group(m, n, k, mems):
     """§7: the widest NG that fits; every power-of-two TT and KG (or the whole extent) that fits;
@@ -854,3 +858,68 @@ def test_more_than_max_tiles_keeps_the_plan_with_fewest_tiles():
     m = 4 * (2 * MAX_TILES + 2)
     p = plan_layer(cfg, m, 4, 4)
     assert (p.tt, p.kg, p.ng) == (2, 1, 1) and p.n_tiles == MAX_TILES + 1
+
+
+def test_more_than_max_tiles_ties_keep_the_first_candidate():
+    """All candidates over MAX_TILES, two with the fewest: the first generated wins (smaller TT
+    first, rows outer before tokens outer). 8 X / Y words: (TT, KG) = (1, 2) or (2, 1) both
+    give MT tiles (MT even), (1, 1) gives 2 MT; (2, 1) also exists tokens-outer."""
+    cfg = make_cfg(xmem_kib=kib_for_depth(8, 32), wmem_kib=kib_for_depth(8, 32),
+                   idx_kib=kib_for_depth(8, 16), ymem_kib=kib_for_depth(8, 129), dram_mib=4)
+    mt = MAX_TILES + 2
+    p = plan_layer(cfg, 4 * mt, 4, 8)
+    assert (p.order, p.tt, p.kg, p.ng) == (LoopOrder.ROWS_OUTER, 1, 2, 1)
+    assert p.n_tiles == mt
+
+
+def _index_cfg(bits):
+    """Banks big enough for 16 x 16 blocks of 4 x 4 in one tile; only index_bits limits it."""
+    return make_cfg(xmem_kib=8.0, wmem_kib=8.0, idx_kib=kib_for_depth(512, bits),
+                    ymem_kib=kib_for_depth(1024, 129), index_bits=bits, dram_mib=4)
+
+
+def test_tiles_never_hold_more_blocks_than_index_entries_count():
+    """§3: row_ptr[R] = NNZ must fit an index entry, so KG * NG < 2^index_bits. With 16-bit
+    entries the 16 x 16-block layer is one tile of 256 blocks; with 8-bit entries no tile has
+    more than 128 (the next power of two below 256), and a 256-column layer gets NG = 128."""
+    from lsp_codesign.tiling import _candidate_plans
+
+    wide = _candidate_plans(_index_cfg(16), 4, 64, 64)
+    assert max(p.kg * p.ng for p in wide) == 256
+    for cfg, n, k in ((_index_cfg(8), 64, 64), (_index_cfg(8), 1024, 4)):
+        plans = _candidate_plans(cfg, 4, n, k)
+        assert max(p.kg * p.ng for p in plans) == 128
+    assert plan_layer(_index_cfg(16), 4, 1024, 4).ng == 256
+    assert plan_layer(_index_cfg(8), 4, 1024, 4).ng == 128
+
+
+def test_every_8_bit_index_plan_is_computed_exactly():
+    """A dense 16 x 16-block layer with 8-bit index entries, compiled with each candidate plan
+    and run on the ISS, gives the reference GEMM (a wrapped row pointer loses blocks)."""
+    from lsp_codesign.iss import Memories, run_iss
+    from lsp_codesign.tiling import _candidate_plans
+
+    cfg = _index_cfg(8)
+    rng = np.random.default_rng(8)
+    x = rng.integers(-128, 128, (8, 64)).astype(np.int8)
+    w = rng.integers(-128, 128, (64, 64)).astype(np.int8)
+    want = reference_gemm(x, w, None, 4, 4)
+    plans = _candidate_plans(cfg, 8, 64, 64)
+    assert any(p.kg * p.ng == 128 for p in plans)
+    for plan in plans:
+        prog = compile_layer(cfg, x, w, plan=plan)
+        res = run_iss(cfg, Memories.from_program(prog))
+        assert not res.error, (plan, res.err_code)
+        y = read_y(cfg, prog, res.y_words(prog.y_base, prog.y_words))
+        np.testing.assert_array_equal(y, want, err_msg=str(plan))
+
+
+def test_a_given_plan_beyond_the_index_width_is_refused():
+    cfg = _index_cfg(8)
+    x, w = np.ones((4, 64), np.int8), np.ones((64, 64), np.int8)
+    with pytest.raises(CompileError) as exc:
+        compile_layer(cfg, x, w, name="fc", plan=_plan(cfg, 4, 64, 64, 1, 16, 16))
+    assert str(exc.value) == ("fc: the plan's tiles hold up to 256 blocks, but 8-bit index "
+                              "entries count at most 255 (index_bits)")
+    ok = compile_layer(cfg, x, w, plan=_plan(cfg, 4, 64, 64, 1, 8, 16))
+    assert ok.n_tiles == 2
