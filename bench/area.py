@@ -2,12 +2,13 @@
 
 For each block of ``configs/vita.yaml`` (8x8, 16x16, 16x32, 32x16, 32x32; the memories as the
 preset sizes them), :func:`hw.area.synthesize` runs Debian's yosys on the generated Verilog
-(generic ``synth``, then NAND/NOR/NOT for the CMOS transistor estimate) and counts each SRAM
+(identical modules once, generic ``synth``, then NAND/NOR/NOT mapped for area for the CMOS
+transistor estimate) and counts each SRAM
 macro from its size (6T per bit). An existing ``build/<hash>/area.json`` of the same Verilog
 is reused (``--force`` synthesises again). Writes ``bench/results/area.json`` (read by
 ``lsp-codesign report``) and ``area.md``, and prints the table::
 
-    nice -n 5 .venv/bin/python bench/area.py          # tens of minutes on 2 cores, first time
+    nice -n 5 .venv/bin/python bench/area.py          # minutes per block on 2 cores, first time
 """
 
 from __future__ import annotations
@@ -23,13 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
 
-from hw.area import NAND2_UM2, SRAM_BIT_UM2, synthesize  # noqa: E402
+from hw.area import ABC_SCRIPT, NAND2_UM2, SRAM_BIT_UM2, synthesize  # noqa: E402
 from lsp_codesign.config import load_config  # noqa: E402
 from lsp_codesign.table import format_markdown, format_table  # noqa: E402
 
 BLOCKS = ["8x8", "16x16", "16x32", "32x16", "32x32"]
 HEADER = ["block", "cells", "flip-flops", "logic transistors", "NAND2 eq.", "SRAM KiB",
           "SRAM transistors", "logic mm2", "SRAM mm2", "total mm2", "synth s"]
+
+
+PARTS = ["pe_array", "acc", "weights", "comp", "dma", "seq", "counters", "decoder",
+         "(top-level logic)"]
+
+
+def parts_rows(rows: list[dict]) -> list[list[str]]:
+    """Logic transistors per unit and block (the share of the logic in brackets)."""
+    out = []
+    for r in rows:
+        total = r["logic_transistors"]
+        cells = [f"{r['parts'].get(p, {}).get('transistors', 0):,} "
+                 f"({100 * r['parts'].get(p, {}).get('transistors', 0) / total:.0f}%)"
+                 for p in PARTS]
+        out.append([r["block"], *cells, f"{total:,}"])
+    return out
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -58,15 +75,21 @@ def main(argv: list[str] | None = None) -> int:
               f"({rec['seconds']:.0f} s)", flush=True)
     body = table_rows(rows)
     print("\n" + format_table(HEADER, body, left=1))
-    note = (f"cells and flip-flops: yosys generic synth; transistors: yosys CMOS estimate of "
-            f"the NAND/NOR/NOT mapping, SRAM 6T per bit; mm2: cell area at 45 nm (NAND2 "
+    parts_header = ["block", *PARTS, "logic"]
+    parts = parts_rows(rows)
+    print("\nlogic transistors by unit\n" + format_table(parts_header, parts, left=1))
+    note = (f"cells and flip-flops: yosys generic synth (hierarchical, identical modules once); "
+            f"transistors: yosys CMOS estimate of the NAND/NOR/NOT mapping for area (ABC "
+            f"{ABC_SCRIPT}), SRAM 6T per bit; mm2: cell area at 45 nm (NAND2 "
             f"{NAND2_UM2} um2 per 4 transistors, SRAM bit {SRAM_BIT_UM2} um2), no wiring or "
             "SRAM periphery")
     print(note)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": base.name, "note": note, "rows": rows,
                                     "wall_s": time.perf_counter() - t0}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(format_markdown(HEADER, body) + "\n\n" + note + "\n")
+    args.out.with_suffix(".md").write_text(
+        format_markdown(HEADER, body) + "\n\n" + note + "\n\nLogic transistors by unit:\n\n"
+        + format_markdown(parts_header, parts) + "\n")
     print(f"wrote {args.out} and .md")
     return 0
 

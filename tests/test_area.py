@@ -48,6 +48,35 @@ def test_cells_flip_flops_and_transistors(record):
     cmos = {"$_NOT_": 2, "$_NAND_": 4, "$_NOR_": 4, "$_DFF_P_": 16}
     assert rec["logic_transistors"] == sum(cmos[k] * v for k, v in rec["cmos_cells"].items())
     assert rec["yosys_transistor_estimate"].rstrip("+") == str(rec["logic_transistors"])
+    assert rec["flow"] == area.FLOW
+    parts = rec["parts"]
+    assert sum(p["transistors"] for p in parts.values()) == rec["logic_transistors"]
+    assert {"pe_array", "acc", "dma", "(top-level logic)"} <= set(parts)
+    assert all(p["transistors"] > 0 for k, p in parts.items() if k != "decoder")
+
+
+def test_merging_identical_modules_changes_no_cell(record, tmp_path):
+    """Elaborated (``proc; opt``) as Amaranth wrote it and with each set of identical modules
+    kept once, the engine has the same cells by type through its hierarchy."""
+    import subprocess
+
+    from hw.build import build_verilog
+
+    root, _rec = record
+    hw = build_verilog(small_config(), build_root=root)
+    original = hw.verilog.read_text()
+    merged, alias = area.dedupe_modules(original)
+    assert len(alias) == small_config().block_k - 1       # the PEs: one module kept of BK
+    totals = []
+    for name, text in (("original", original), ("merged", merged)):
+        src = tmp_path / f"{name}.v"
+        src.write_text(text)
+        stat = tmp_path / f"{name}.json"
+        script = (f"read_verilog -lib {hw.sram_model}; read_verilog {src}; "
+                  f"hierarchy -top {hw.top}; proc; opt; tee -q -o {stat} stat -json")
+        subprocess.run(["yosys", "-q", "-p", script], check=True)
+        totals.append(area._cells(stat, hw.top)[0])
+    assert totals[0] == totals[1] and totals[0]["lsp_sram"] == len(area.sram_instances(original))
 
 
 def test_srams_are_counted_from_the_configured_sizes(record):

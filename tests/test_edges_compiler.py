@@ -787,6 +787,9 @@ def _pow2_upto(top):
     # in the bytes they write, not only in those they read
     (34, 7, 28, dict(block="2x2", beat=64, xmem_kib=1.0, wmem_kib=0.25, idx_kib=0.25,
                      ymem_kib=1.0)),
+    # IDX of 6 entries: NG = 4 would need 3 + 4, so NG = 2 (and KG = 1: 2 + 1 + 2 = 5)
+    (8, 16, 32, dict(xmem_kib=kib_for_depth(1024, 32), wmem_kib=kib_for_depth(1024, 32),
+                     idx_kib=kib_for_depth(6, 16), ymem_kib=kib_for_depth(1024, 129))),
     # IDX one entry short of KG = 4 (2 * 4 + 1 + 4 * 4 = 25 entries with NG = 4): KG <= 2
     (8, 16, 32, dict(xmem_kib=kib_for_depth(1024, 32), wmem_kib=kib_for_depth(1024, 32),
                      idx_kib=kib_for_depth(24, 16), ymem_kib=kib_for_depth(1024, 129))),
@@ -870,6 +873,29 @@ def test_more_than_max_tiles_ties_keep_the_first_candidate():
     p = plan_layer(cfg, 4 * mt, 4, 8)
     assert (p.order, p.tt, p.kg, p.ng) == (LoopOrder.ROWS_OUTER, 1, 2, 1)
     assert p.n_tiles == mt
+
+
+@pytest.mark.parametrize("mt, n, candidates", [
+    # exactly MAX_TILES: (1, 2) and (2, 1) both orders are within the limit, (1, 1) is not
+    (MAX_TILES, 4, {(LoopOrder.ROWS_OUTER, 1, 2), (LoopOrder.ROWS_OUTER, 2, 1),
+                    (LoopOrder.TOKENS_OUTER, 2, 1)}),
+    # two column groups and one block per WMEM bank (KG = NG = 1): (2, 1) has 2 MT tiles
+    (MAX_TILES // 2, 8, {(LoopOrder.ROWS_OUTER, 2, 1), (LoopOrder.TOKENS_OUTER, 2, 1)}),
+    (MAX_TILES // 2 + 2, 8, {(LoopOrder.ROWS_OUTER, 2, 1)}),     # none within: the fewest
+])
+def test_the_tile_limit_counts_every_tile_and_includes_max_tiles(mt, n, candidates):
+    """Tiles = token blocks x row groups x column groups; a plan of exactly MAX_TILES tiles is
+    a candidate. 8 X / Y words allow (TT, KG) = (1, 1), (1, 2) or (2, 1) for K = 8, and a
+    WMEM bank of one block only KG = 1 with N = 8."""
+    from lsp_codesign.tiling import _candidate_plans
+
+    wmem = 8 if n == 4 else 4
+    cfg = make_cfg(xmem_kib=kib_for_depth(8, 32), wmem_kib=kib_for_depth(wmem, 32),
+                   idx_kib=kib_for_depth(8, 16), ymem_kib=kib_for_depth(8, 129), dram_mib=4)
+    plans = _candidate_plans(cfg, 4 * mt, n, 8)
+    assert {(p.order, p.tt, p.kg) for p in plans} == candidates
+    assert all(p.ng == 1 for p in plans)
+    assert min(p.n_tiles for p in plans) == cdiv(mt, 2) * 2 * (n // 4)
 
 
 def _index_cfg(bits):

@@ -43,6 +43,10 @@ def area_tables(rec: dict[str, Any], fmt: str) -> str:
         parts.append([f"SRAM {name} {s['width']}x{s['depth']} ({s['bits'] / 8192:g} KiB)",
                       f"{s['bits'] * SRAM_TRANSISTORS_PER_BIT:,}",
                       f"{s['bits'] * SRAM_BIT_UM2 / 1e6:.3f}"])
+    logic = rec["logic_transistors"]
+    units = [[name, str(u["instances"]), f"{u['transistors']:,}",
+              f"{100 * u['transistors'] / logic:.1f}%" if logic else "-"]
+             for name, u in rec.get("parts", {}).items()]
     title = (f"lsp_engine, block {rec['block']}, BM {rec['tile_m']} (config "
              f"{rec['config_hash']}); {rec['yosys'].split(' (')[0]} generic synth, "
              f"{rec['seconds']:.0f} s")
@@ -50,6 +54,8 @@ def area_tables(rec: dict[str, Any], fmt: str) -> str:
         title, "",
         render(fmt, ["cell (generic synth)", "count"], cells,
                total=["flip-flops (bits)", f"{rec['flip_flops']:,}"]), "",
+        render(fmt, ["unit", "instances", "logic transistors", "share"], units,
+               total=["logic", "", f"{logic:,}", "100%"]), "",
         render(fmt, ["part", "transistors", "mm2 at 45 nm"], parts,
                total=["total", f"{rec['total_transistors']:,}", f"{rec['total_mm2']:.3f}"]), "",
         f"logic: {rec['cells']:,} cells, {rec['flip_flops']:,} flip-flops, "
