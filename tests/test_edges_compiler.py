@@ -949,3 +949,20 @@ def test_a_given_plan_beyond_the_index_width_is_refused():
                               "entries count at most 255 (index_bits)")
     ok = compile_layer(cfg, x, w, plan=_plan(cfg, 4, 64, 64, 1, 8, 16))
     assert ok.n_tiles == 2
+
+
+def test_a_tile_of_exactly_255_blocks_fits_8_bit_indices():
+    """KG 15 x NG 17 = 255 blocks, the most an 8-bit row pointer counts: compiled as one tile
+    and computed exactly on the ISS."""
+    from lsp_codesign.iss import Memories, run_iss
+
+    cfg = _index_cfg(8)
+    rng = np.random.default_rng(255)
+    x = rng.integers(-128, 128, (4, 68)).astype(np.int8)
+    w = rng.integers(-128, 128, (60, 68)).astype(np.int8)
+    prog = compile_layer(cfg, x, w, plan=_plan(cfg, 4, 68, 60, 1, 15, 17))
+    assert prog.n_tiles == 1
+    res = run_iss(cfg, Memories.from_program(prog))
+    assert not res.error, res.err_code
+    y = read_y(cfg, prog, res.y_words(prog.y_base, prog.y_words))
+    np.testing.assert_array_equal(y, reference_gemm(x, w, None, 4, 4))
