@@ -5,8 +5,8 @@ The logic is synthesised by Debian's ``yosys`` (installed by ``scripts/setup.sh`
 Amaranth's builtin one, which has no ``synth``/``abc``) from ``build/<config-hash>/
 lsp_engine.v``; the SRAMs are not synthesised. The flow (:data:`SCRIPT`):
 
-0. :func:`dedupe_modules`: Amaranth writes one Verilog module per instance, so the BN
-   processing elements are BN identical modules under different names. Each set of identical
+0. :func:`dedupe_modules`: Amaranth writes one Verilog module per instance, so the BK
+   processing elements are BK identical modules under different names. Each set of identical
    modules is kept once and every instance points to it;
 1. ``read_verilog -lib lsp_sram.v``: the SRAM macro is a black box, so the memories stay
    ``lsp_sram`` instances instead of becoming millions of flip-flops;
