@@ -33,19 +33,19 @@ HEADER = ["block", "cells", "flip-flops", "logic transistors", "NAND2 eq.", "SRA
           "SRAM transistors", "logic mm2", "SRAM mm2", "total mm2", "synth s"]
 
 
-PARTS = ["pe_array", "acc", "weights", "comp", "dma", "seq", "counters", "decoder",
-         "(top-level logic)"]
+def part_names(rows: list[dict]) -> list[str]:
+    """Every unit of every record, in the order of the first record that has it."""
+    return list(dict.fromkeys(name for r in rows for name in r["parts"]))
 
 
-def parts_rows(rows: list[dict]) -> list[list[str]]:
+def parts_rows(rows: list[dict], names: list[str]) -> list[list[str]]:
     """Logic transistors per unit and block (the share of the logic in brackets)."""
     out = []
     for r in rows:
         total = r["logic_transistors"]
-        cells = [f"{r['parts'].get(p, {}).get('transistors', 0):,} "
-                 f"({100 * r['parts'].get(p, {}).get('transistors', 0) / total:.0f}%)"
-                 for p in PARTS]
-        out.append([r["block"], *cells, f"{total:,}"])
+        counts = [r["parts"].get(p, {}).get("transistors", 0) for p in names]
+        out.append([r["block"], *(f"{c:,} ({100 * c / total:.0f}%)" for c in counts),
+                    f"{total:,}"])
     return out
 
 
@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({rec['seconds']:.0f} s)", flush=True)
     body = table_rows(rows)
     print("\n" + format_table(HEADER, body, left=1))
-    parts_header = ["block", *PARTS, "logic"]
-    parts = parts_rows(rows)
+    names = part_names(rows)
+    parts_header = ["block", *names, "logic"]
+    parts = parts_rows(rows, names)
     print("\nlogic transistors by unit\n" + format_table(parts_header, parts, left=1))
     note = (f"cells and flip-flops: yosys generic synth (hierarchical, identical modules once); "
             f"transistors: yosys CMOS estimate of the NAND/NOR/NOT mapping for area (ABC "
